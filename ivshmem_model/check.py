@@ -1,0 +1,334 @@
+"""``check`` (the main job) and ``explore``: run the checkers, write counterexamples, report.
+
+Every violation a checker finds is replayed through ``step`` under every variant before it is
+written, so a counterexample file's expectations are what the model does, not what the checker
+believed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from model.actions import (
+    Action,
+    Config,
+    Counterexample,
+    Trace,
+    TraceError,
+    config_from_json,
+    load_json_file,
+)
+from model.variants import FIXED, VARIANTS, Variant, get_variant
+from properties.explore import ExploreOptions, ExploreResult, explore
+from properties.invariants import PROPERTIES, SAFETY
+from properties.trace import run_trace
+
+
+@dataclass(frozen=True, slots=True)
+class NamedConfig:
+    name: str
+    description: str
+    config: Config
+    depth: int = 8
+
+
+def named_config_from_json(obj: Any, fallback_name: str) -> NamedConfig:
+    if not isinstance(obj, dict):
+        raise TraceError("expected an object")
+    body = obj.get("config", obj) if "config" in obj else obj
+    if "steps" in obj or "format" in obj:
+        body = obj.get("config", {})
+    depth = obj.get("depth", 8)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 64:
+        raise TraceError(f"expected an integer in [1, 64], got {json.dumps(depth)}", "depth")
+    return NamedConfig(
+        name=str(obj.get("name", fallback_name)),
+        description=str(obj.get("description", "")),
+        config=config_from_json(body),
+        depth=depth,
+    )
+
+
+def embedded_configs() -> list[NamedConfig]:
+    """The default configurations shipped in ``ivshmem_model/configs``."""
+    folder = resources.files("ivshmem_model").joinpath("configs")
+    out = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            out.append(named_config_from_json(json.loads(entry.read_text()), entry.name[:-5]))
+    return out
+
+
+def load_config_file(path: str) -> NamedConfig:
+    obj = load_json_file(path)
+    try:
+        return named_config_from_json(obj, Path(path).stem)
+    except TraceError as err:
+        raise err.within(path) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Counterexamples
+
+
+def expectations(config: Config, steps: tuple[Action, ...], prop: str) -> dict[str, Any]:
+    """What every variant does with this trace, as counterexample expectations."""
+    expect: dict[str, Any] = {}
+    for name, variant in VARIANTS.items():
+        result = run_trace(Trace(config, steps), variant)
+        if result.disabled_step is not None:
+            continue
+        hit = result.first(prop)
+        expect[name] = "holds" if hit is None else {"violates": prop, "step": hit.step}
+    return expect
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def make_counterexample(
+    name: str, prop: str, message: str, config: Config, steps: tuple[Action, ...], origin: str
+) -> Counterexample:
+    return Counterexample(
+        name=name,
+        property=prop,
+        summary=message,
+        origin=origin,
+        trace=Trace(config, steps),
+        expect=tuple(expectations(config, steps, prop).items()),
+    )
+
+
+def write_counterexample(folder: Path, cx: Counterexample) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{cx.name}.json"
+    path.write_text(json.dumps(cx.to_json(), indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# check
+
+
+@dataclass
+class Evidence:
+    checker: str
+    length: int
+    file: str
+    message: str
+
+
+@dataclass
+class Cell:
+    explored: int = 0
+    tested: int = 0
+    violated: list[Evidence] = field(default_factory=list)
+
+    def text(self) -> str:
+        if self.violated:
+            best = min(self.violated, key=lambda e: e.length)
+            return f"VIOLATED ({best.checker}, {best.length} steps)"
+        parts = []
+        if self.explored:
+            parts.append(f"explored {self.explored} states")
+        if self.tested:
+            parts.append(f"tested {self.tested} cases")
+        return ", ".join(parts) or "-"
+
+
+def _hypothesis(config: Config, variant: Variant) -> tuple[int, Any]:
+    from hypothesis import settings
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from properties.stateful import last_failure, machine_for
+
+    machine = machine_for(config, variant)
+    profile = settings.get_profile("ci")
+    try:
+        run_state_machine_as_test(machine, settings=profile)  # type: ignore[no-untyped-call]
+    except AssertionError:
+        return profile.max_examples, last_failure(machine)
+    return profile.max_examples, None
+
+
+def run_check(args: argparse.Namespace) -> int:
+    console = Console(stderr=True, quiet=bool(args.json))
+    configs = [load_config_file(p) for p in args.config] if args.config else embedded_configs()
+    variants = [get_variant(v) for v in (args.variant or list(VARIANTS))]
+    out = Path(args.out)
+    cells: dict[tuple[str, str], Cell] = {}
+    runs: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for named in configs:
+        for variant in variants:
+            label = f"{named.name} / {variant.name}"
+            with console.status(f"exploring {label}") as status:
+                def progress(result: ExploreResult, frontier: int, label: str = label) -> None:
+                    status.update(
+                        f"exploring {label}: {result.states} states, frontier {frontier}, "
+                        f"depth {result.depth}"
+                    )
+
+                result = explore(
+                    named.config, variant,
+                    ExploreOptions(max_depth=named.depth, max_states=60_000, time_limit=12.0),
+                    progress,
+                )
+                run: dict[str, Any] = {
+                    "config": named.name, "variant": variant.name,
+                    "explore": {"states": result.states, "transitions": result.transitions,
+                                "depth": result.depth, "complete": result.complete,
+                                "seconds": round(result.seconds, 2)},
+                    "violations": [],
+                }
+                for prop in SAFETY:
+                    cells.setdefault((prop.name, variant.name), Cell()).explored += result.states
+                for finding in result.found.values():
+                    cx = make_counterexample(
+                        f"{named.name}-{slug(variant.name)}-{slug(finding.property)}",
+                        finding.property, finding.message, named.config, finding.path,
+                        f"ivshmem-model check: breadth-first exploration of {named.name} "
+                        f"under {variant.name} (shortest within depth {named.depth})",
+                    )
+                    path = write_counterexample(out, cx)
+                    cells[(finding.property, variant.name)].violated.append(
+                        Evidence("explore", len(finding.path), str(path), finding.message))
+                    run["violations"].append({"property": finding.property, "checker": "explore",
+                                              "length": len(finding.path), "file": str(path)})
+                if not args.no_hypothesis:
+                    status.update(f"hypothesis {label}")
+                    tested, failure = _hypothesis(named.config, variant)
+                    run["hypothesis"] = {"examples": tested,
+                                         "failure": failure.property if failure else None}
+                    for prop in SAFETY:
+                        cells[(prop.name, variant.name)].tested += tested
+                    if failure is not None:
+                        cx = make_counterexample(
+                            f"{named.name}-{slug(variant.name)}-{slug(failure.property)}-"
+                            "hypothesis",
+                            failure.property, failure.message, named.config, failure.steps,
+                            f"ivshmem-model check: Hypothesis stateful test of {named.name} "
+                            f"under {variant.name} (shrunk)",
+                        )
+                        path = write_counterexample(out, cx)
+                        cells[(failure.property, variant.name)].violated.append(
+                            Evidence("hypothesis", len(failure.steps), str(path),
+                                     failure.message))
+                        run["violations"].append({"property": failure.property,
+                                                  "checker": "hypothesis",
+                                                  "length": len(failure.steps),
+                                                  "file": str(path)})
+                runs.append(run)
+            found = ", ".join(sorted({v["property"] for v in run["violations"]})) or "none"
+            console.log(f"{label}: {result.states} states in {result.seconds:.1f}s; "
+                        f"violations: {found}")
+    witnesses = _witnesses(configs, variants)
+    fixed_violations = [
+        (p, e) for (p, v), cell in cells.items() if v == FIXED.name for e in cell.violated
+    ]
+    elapsed = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({
+            "runs": runs,
+            "table": {p.name: {v.name: cells[(p.name, v.name)].text() for v in variants}
+                      for p in SAFETY},
+            "sometimes": witnesses,
+            "seconds": round(elapsed, 1),
+        }, indent=2))
+    else:
+        table = Table(title=f"ivshmem-model check ({elapsed:.0f} s; counterexamples in {out}/)")
+        table.add_column("property")
+        for variant in variants:
+            table.add_column(variant.name)
+        for prop in SAFETY:
+            table.add_row(prop.name, *(cells[(prop.name, v.name)].text() for v in variants))
+        for prop in PROPERTIES:
+            if prop.expectation == "sometimes":
+                table.add_row(prop.name + " (sometimes)",
+                              *(witnesses.get(prop.name, {}).get(v.name, "unreached")
+                                for v in variants))
+        Console().print(table)
+        if fixed_violations:
+            Console(stderr=True).print(
+                f"[bold red]the fixed variant violates {len(fixed_violations)} "
+                "property/ies: see the table")
+    return 1 if fixed_violations else 0
+
+
+def _witnesses(configs: list[NamedConfig], variants: list[Variant]) -> dict[str, dict[str, str]]:
+    """Reachability of the ``sometimes`` properties, by a deeper targeted exploration."""
+    out: dict[str, dict[str, str]] = {}
+    for prop in PROPERTIES:
+        if prop.expectation != "sometimes":
+            continue
+        for variant in variants:
+            reached = "unreached"
+            for named in configs:
+                result = explore(named.config, variant,
+                                 ExploreOptions(max_depth=named.depth, max_states=60_000,
+                                                time_limit=6.0))
+                if prop.name in result.witnesses:
+                    reached = f"reached ({len(result.witnesses[prop.name])} steps)"
+                    break
+            out.setdefault(prop.name, {})[variant.name] = reached
+    return out
+
+
+def run_explore(args: argparse.Namespace) -> int:
+    named = load_config_file(args.config) if args.config else embedded_configs()[0]
+    try:
+        variant = get_variant(args.variant)
+    except KeyError as err:
+        raise TraceError(str(err.args[0]), "--variant") from None
+    depth = args.depth if args.depth is not None else named.depth
+    console = Console(stderr=True, quiet=bool(args.json))
+    with console.status("exploring") as status:
+        def progress(result: ExploreResult, frontier: int) -> None:
+            rate = result.states / max(1e-9, time.perf_counter() - t0)
+            status.update(f"{result.states} states ({rate:.0f}/s), frontier {frontier}, "
+                          f"depth {result.depth}")
+
+        t0 = time.perf_counter()
+        result = explore(named.config, variant,
+                         ExploreOptions(max_depth=depth, max_states=args.max_states,
+                                        time_limit=600.0), progress)
+    report = {
+        "config": named.name, "variant": variant.name, "states": result.states,
+        "transitions": result.transitions, "depth": result.depth,
+        "complete": result.complete, "seconds": round(result.seconds, 3),
+        "states_per_second": round(result.states_per_second),
+        "violations": {k: {"message": f.message, "steps": [a.to_json() for a in f.path]}
+                       for k, f in result.found.items()},
+        "witnesses": {k: len(p) for k, p in result.witnesses.items()},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    table = Table(title=f"{named.name} under {variant.name}: {result.states} states, "
+                        f"{result.transitions} transitions, depth {result.depth}"
+                        f"{'' if result.complete else ' (bounded)'}, "
+                        f"{result.states_per_second:.0f} states/s")
+    table.add_column("property")
+    table.add_column("result")
+    for prop in PROPERTIES:
+        if prop.name in result.found:
+            finding = result.found[prop.name]
+            table.add_row(prop.name, f"VIOLATED in {len(finding.path)} steps: {finding.message}")
+        elif prop.expectation == "sometimes":
+            hit = result.witnesses.get(prop.name)
+            table.add_row(prop.name, f"reached in {len(hit)} steps" if hit else "unreached")
+        else:
+            table.add_row(prop.name, "holds" + ("" if result.complete else " (within bounds)"))
+    Console().print(table)
+    return 0

@@ -1,0 +1,208 @@
+"""``ivshmem-model``: the command line (design §7).
+
+Exit codes: 0 when the command did its job (a property violated by ``run`` is an answer, not an
+error), 1 when ``replay`` sees an expectation fail or ``check`` sees the ``fixed`` variant
+violate a property, 2 on bad input.  Bad input never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from model.actions import TraceError, load_counterexample, load_trace
+from model.variants import VARIANTS, get_variant
+from properties.trace import as_program, replay, run_trace
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInputError(Exception):
+    """A user error: printed as one line on stderr, exit 2."""
+
+
+def _variant(name: str) -> Any:
+    try:
+        return get_variant(name)
+    except KeyError as err:
+        raise BadInputError(str(err.args[0])) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(", ", ": "))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    variant = _variant(args.variant)
+    trace = load_trace(args.trace)
+    result = run_trace(trace, variant)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return EXIT_OK
+    if args.program:
+        print(as_program(trace.config, trace.steps))
+        print()
+    print(f"variant {variant.name}: {len(trace.steps)} steps, "
+          f"{trace.config.endpoints} endpoint(s), {trace.config.server.policy} server")
+    for record in result.steps:
+        print(f"[{record.index}] {_compact(record.action.to_json())}")
+        if not record.enabled:
+            print("    DISABLED: this action is not enabled in this state; the run stops here")
+            continue
+        for obs in record.observations:
+            print(f"    {_compact(obs)}")
+        for v in result.violations:
+            if v.step == record.index:
+                print(f"    VIOLATES {v.property}: {v.message}")
+    if result.violations:
+        print("violated properties (first step, 0-based):")
+        for v in result.violations:
+            print(f"  {v.property} at step {v.step}: {v.message}")
+    else:
+        print("no property violated")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# replay
+
+
+def _counterexample_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.glob("*.json")))
+        else:
+            files.append(path)
+    return files
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if args.variant is not None:
+        _variant(args.variant)
+    files = _counterexample_files(args.paths)
+    if not files:
+        raise BadInputError(f"no counterexample files in {', '.join(args.paths)}")
+    worst = EXIT_OK
+    report: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            cx = load_counterexample(str(path))
+        except TraceError as err:
+            print(f"ERROR {err}", file=sys.stderr)
+            report.append({"file": str(path), "error": str(err)})
+            worst = EXIT_BAD_INPUT
+            continue
+        for outcome in replay(cx, args.variant):
+            entry = {
+                "file": str(path), "name": cx.name, "variant": outcome.variant,
+                "expected": outcome.expected, "observed": outcome.observed, "ok": outcome.ok,
+                "diverges_at": outcome.diverges_at,
+            }
+            report.append(entry)
+            if not args.json:
+                status = "ok  " if outcome.ok else "FAIL"
+                line = f"{status} {path.name} [{outcome.variant}] expected {outcome.expected}"
+                if not outcome.ok:
+                    line += f"; observed {outcome.observed} (diverges at step "
+                    line += f"{outcome.diverges_at})"
+                print(line)
+            if not outcome.ok and worst == EXIT_OK:
+                worst = EXIT_FAILED
+    if args.json:
+        print(json.dumps({"results": report}, indent=2))
+    return worst
+
+
+# ---------------------------------------------------------------------------------------------
+# check and explore
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ivshmem_model.check import run_check
+
+    return run_check(args)
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from ivshmem_model.check import run_explore
+
+    return run_explore(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ivshmem-model",
+        description="A reference formal model of QEMU's ivshmem device, server and peers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="run every checker on the embedded configurations")
+    check.add_argument("--config", action="append", metavar="FILE",
+                       help="a configuration file (configs/*.json); repeatable")
+    check.add_argument("--variant", action="append", choices=sorted(VARIANTS),
+                       help="only this variant; repeatable (default: all)")
+    check.add_argument("--out", default="check-out", metavar="DIR",
+                       help="where counterexample files go (default: %(default)s)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--no-hypothesis", action="store_true",
+                       help="skip the Hypothesis stateful runs")
+    check.set_defaults(func=cmd_check)
+
+    explore = sub.add_parser("explore", help="breadth-first exploration of one configuration")
+    explore.add_argument("--config", metavar="FILE", help="a configuration file")
+    explore.add_argument("--variant", default="seed", help="variant (default: %(default)s)")
+    explore.add_argument("--depth", type=int, default=None, help="depth bound")
+    explore.add_argument("--max-states", type=int, default=200_000, help="state bound")
+    explore.add_argument("--json", action="store_true", help="machine-readable output")
+    explore.set_defaults(func=cmd_explore)
+
+    run = sub.add_parser("run", help="execute one trace and show each step")
+    run.add_argument("trace", help="a trace (or counterexample) file")
+    run.add_argument("--variant", default="seed", help="variant (default: %(default)s)")
+    run.add_argument("--json", action="store_true", help="machine-readable output")
+    run.add_argument("--program", action="store_true",
+                     help="also print the trace as a Python program")
+    run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("replay", help="check counterexample expectations")
+    rep.add_argument("paths", nargs="+", metavar="FILE|DIR")
+    rep.add_argument("--variant", default=None, help="only this variant's expectation")
+    rep.add_argument("--json", action="store_true", help="machine-readable output")
+    rep.set_defaults(func=cmd_replay)
+
+    try:
+        from model.executor.cli import (  # type: ignore[import-not-found,unused-ignore]
+            add_subcommands,
+        )
+    except ImportError:
+        pass
+    else:
+        add_subcommands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (TraceError, BadInputError) as err:
+        print(f"ivshmem-model {args.command}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

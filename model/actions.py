@@ -1,0 +1,702 @@
+"""The action vocabulary (design §3) and the trace and counterexample files (design §6).
+
+One frozen dataclass per vocabulary row; its default repr is valid Python, so a Hypothesis
+printout or a counterexample program reads the same as the JSON.  Every checker and backend
+consumes these classes; nothing else defines what an action is.
+
+Validation here is about the *file*: types, field names, value ranges that JSON can get wrong.
+What QEMU itself rejects (a property the device type does not have, a bad size string, too many
+vectors) is device behaviour and lives in ``model/device.py`` with QEMU's own texts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+TRACE_FORMAT = "ivshmem-trace/1"
+COUNTEREXAMPLE_FORMAT = "ivshmem-counterexample/1"
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
+DEVICE_TYPES = ("ivshmem", "ivshmem-plain", "ivshmem-doorbell")
+MASTER_VALUES = ("on", "off", "auto")
+ACCESS_SIZES = (1, 2, 4, 8)
+
+
+class TraceError(ValueError):
+    """Bad input: a malformed trace, action or configuration.
+
+    ``where`` names the place (``file.json: steps[3].vector``) so a user can find it.
+    """
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+    def within(self, outer: str) -> TraceError:
+        """The same error, located inside ``outer`` (an enclosing field or a file)."""
+        if not self.where:
+            return TraceError(self.message, outer)
+        joiner = "" if self.where.startswith("[") else "."
+        if outer.endswith(".json"):
+            joiner = ": "
+        return TraceError(self.message, f"{outer}{joiner}{self.where}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks
+
+
+def _int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TraceError(f"expected an integer, got {json.dumps(value)}", name)
+    if not low <= value <= high:
+        raise TraceError(f"{value} is out of range [{low}, {high}]", name)
+    return value
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TraceError(f"expected true or false, got {json.dumps(value)}", name)
+    return value
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise TraceError(f"expected a string, got {json.dumps(value)}", name)
+    return value
+
+
+def _endpoint(value: Any) -> int:
+    return _int(value, "endpoint", 0, 1023)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device properties
+
+
+PropValue = bool | int | str
+
+# The JSON type each known property takes.  Which device type *has* which property is QEMU's
+# business (model/device.py); here only the value's form is checked.
+_PROP_KINDS: dict[str, str] = {
+    "chardev": "bool",
+    "vectors": "uint32",
+    "ioeventfd": "bool",
+    "master": "master",
+    "memdev_size": "size",
+    "size": "str",
+    "msi": "bool",
+    "shm": "str",
+    "role": "str",
+    "use64": "uint32",
+}
+
+
+def _props(value: Any) -> tuple[tuple[str, PropValue], ...]:
+    if not isinstance(value, Mapping):
+        raise TraceError(f"expected an object, got {json.dumps(value)}", "props")
+    items: list[tuple[str, PropValue]] = []
+    for key in sorted(value):
+        raw = value[key]
+        where = f"props.{key}"
+        kind = _PROP_KINDS.get(key)
+        if kind is None:
+            # Unknown to every device type: QEMU would say "Property 'T.key' not found"; the
+            # device does that, so keep it if its form is a plain scalar.
+            if isinstance(raw, bool | int | str):
+                items.append((key, raw))
+                continue
+            raise TraceError(f"expected a scalar, got {json.dumps(raw)}", where)
+        if kind == "bool":
+            items.append((key, _bool(raw, where)))
+        elif kind == "uint32":
+            items.append((key, _int(raw, where, 0, UINT32_MAX)))
+        elif kind == "size":
+            items.append((key, _int(raw, where, 1, UINT64_MAX)))
+        elif kind == "master":
+            text = _str(raw, where)
+            if text not in MASTER_VALUES:
+                raise TraceError(f"expected one of on, off, auto, got {json.dumps(raw)}", where)
+            items.append((key, text))
+        else:
+            items.append((key, _str(raw, where)))
+    return tuple(items)
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """Base of every action; ``name`` is the JSON ``action`` value."""
+
+    name: ClassVar[str] = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.name}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "props":
+                value = dict(value)
+            if f.name == "offset" and isinstance(self, PbaRead) and value == 0:
+                continue  # optional field: keep traces written before it byte-identical
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Connect(Action):
+    name: ClassVar[str] = "connect"
+    endpoint: int
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect(Action):
+    name: ClassVar[str] = "disconnect"
+    endpoint: int
+
+
+FdKind = Literal["eventfd", "shm"] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSend(Action):
+    """Any server, honest or hostile, writes one message; ``fd`` objects are made fresh.
+
+    ``fd`` is ``None``, ``"eventfd"``, ``"shm"`` (the configuration's ``shm_size``) or
+    ``"shm:BYTES"`` (a shared-memory object of that many bytes).
+    """
+
+    name: ClassVar[str] = "server_send"
+    endpoint: int
+    value: int
+    fd: str | None = None
+
+    @property
+    def shm_bytes(self) -> int | None:
+        """The explicit size of ``shm:BYTES``; ``None`` for the other forms."""
+        if self.fd is not None and self.fd.startswith("shm:"):
+            return int(self.fd[4:])
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerExit(Action):
+    name: ClassVar[str] = "server_exit"
+
+
+@dataclass(frozen=True, slots=True)
+class Realize(Action):
+    name: ClassVar[str] = "realize"
+    endpoint: int
+    device: str
+    props: tuple[tuple[str, PropValue], ...] = ()
+
+    def prop(self, key: str, default: PropValue | None = None) -> PropValue | None:
+        for k, v in self.props:
+            if k == key:
+                return v
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver(Action):
+    name: ClassVar[str] = "deliver"
+    endpoint: int
+
+
+@dataclass(frozen=True, slots=True)
+class MmioRead(Action):
+    name: ClassVar[str] = "mmio_read"
+    endpoint: int
+    offset: int
+    size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class MmioWrite(Action):
+    name: ClassVar[str] = "mmio_write"
+    endpoint: int
+    offset: int
+    value: int
+    size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Ring(Action):
+    """Shorthand for a 4-byte DOORBELL write of ``(peer << 16) | vector``."""
+
+    name: ClassVar[str] = "ring"
+    endpoint: int
+    peer: int
+    vector: int
+
+
+@dataclass(frozen=True, slots=True)
+class MsixEnable(Action):
+    name: ClassVar[str] = "msix_enable"
+    endpoint: int
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MsixFunctionMask(Action):
+    name: ClassVar[str] = "msix_function_mask"
+    endpoint: int
+    masked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MsixMask(Action):
+    name: ClassVar[str] = "msix_mask"
+    endpoint: int
+    vector: int
+    masked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PbaRead(Action):
+    """A 4-byte read of the pending-bit array; ``offset`` (bytes, optional) is an extension."""
+
+    name: ClassVar[str] = "pba_read"
+    endpoint: int
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HandleIrq(Action):
+    name: ClassVar[str] = "handle_irq"
+    endpoint: int
+    vector: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientNotify(Action):
+    name: ClassVar[str] = "client_notify"
+    endpoint: int
+    peer: int
+    vector: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reset(Action):
+    name: ClassVar[str] = "reset"
+    endpoint: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unplug(Action):
+    name: ClassVar[str] = "unplug"
+    endpoint: int
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate(Action):
+    name: ClassVar[str] = "migrate"
+    endpoint: int
+
+
+ACTION_TYPES: dict[str, type[Action]] = {
+    cls.name: cls
+    for cls in (
+        Connect, Disconnect, ServerSend, ServerExit, Realize, Deliver, MmioRead, MmioWrite,
+        Ring, MsixEnable, MsixFunctionMask, MsixMask, PbaRead, HandleIrq, ClientNotify, Reset,
+        Unplug, Migrate,
+    )
+}
+
+
+def _fd_kind(value: Any) -> str | None:
+    if value is None or value in ("eventfd", "shm"):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str) and value.startswith("shm:"):
+        digits = value[4:]
+        if digits.isdigit() and 0 <= int(digits) <= UINT64_MAX:
+            return value
+    raise TraceError(
+        f'expected null, "eventfd", "shm" or "shm:BYTES", got {json.dumps(value)}', "fd"
+    )
+
+
+def _check_field(cls: type[Action], key: str, value: Any) -> Any:
+    """Validate one field of one action type; the rules of design §3."""
+    if key == "endpoint":
+        return _endpoint(value)
+    if cls is ServerSend:
+        if key == "value":
+            return _int(value, key, INT64_MIN, INT64_MAX)
+        return _fd_kind(value)
+    if cls is Realize:
+        if key == "device":
+            text = _str(value, key)
+            if text not in DEVICE_TYPES:
+                raise TraceError(
+                    f"unknown device {json.dumps(text)}; expected one of {', '.join(DEVICE_TYPES)}",
+                    key,
+                )
+            return text
+        return _props(value)
+    if cls in (MmioRead, MmioWrite):
+        if key == "offset":
+            return _int(value, key, 0, 255)
+        if key == "size":
+            if value not in ACCESS_SIZES or isinstance(value, bool):
+                raise TraceError(f"expected 1, 2, 4 or 8, got {json.dumps(value)}", key)
+            return value
+        return _int(value, key, 0, UINT64_MAX)
+    if cls is PbaRead:
+        offset = _int(value, key, 0, 4092)
+        if offset % 4:
+            raise TraceError(f"expected a multiple of 4, got {offset}", key)
+        return offset
+    if key in ("enabled", "masked"):
+        return _bool(value, key)
+    if key == "peer" or (key == "vector" and cls is Ring):
+        return _int(value, key, 0, 0xFFFF)
+    if key == "vector":
+        return _int(value, key, 0, UINT32_MAX)
+    raise TraceError("unknown field", key)  # pragma: no cover - every field is listed above
+
+
+def action_from_json(obj: Any) -> Action:
+    """Parse one action object; raises :class:`TraceError` naming the field."""
+    if not isinstance(obj, Mapping):
+        raise TraceError(f"expected an object, got {json.dumps(obj)}")
+    name = obj.get("action")
+    if name is None:
+        raise TraceError('missing field "action"', "action")
+    cls = ACTION_TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        known = ", ".join(sorted(ACTION_TYPES))
+        raise TraceError(f"unknown action {json.dumps(name)}; known actions: {known}", "action")
+    declared = {f.name: f for f in fields(cls)}
+    for key in obj:
+        if key != "action" and key not in declared:
+            raise TraceError(f'unknown field for action "{name}"', key)
+    kwargs: dict[str, Any] = {}
+    for key, f in declared.items():
+        if key in obj:
+            kwargs[key] = _check_field(cls, key, obj[key])
+        elif f.default is f.default_factory:  # MISSING for both: a required field
+            raise TraceError(f'missing field for action "{name}"', key)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+DeviceChoice = tuple[str, tuple[tuple[str, PropValue], ...]]
+MessageChoice = tuple[int, str | None]
+
+DEFAULT_MESSAGES: tuple[MessageChoice, ...] = (
+    (0, None), (1, None), (16, None), (0, "eventfd"), (1, "eventfd"), (-1, "shm"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``policy`` is ``contrib`` (the contrib server's behaviour) or ``scripted`` (only what
+    ``server_send`` steps say).  ``messages`` is the menu of ``server_send`` (value, fd) pairs
+    the checkers draw from with the scripted policy (an extension of design §6)."""
+
+    policy: str = "contrib"
+    vectors: int = 1
+    shm_size: int = 4 * 1024 * 1024
+    messages: tuple[MessageChoice, ...] = DEFAULT_MESSAGES
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    kvm_msi_irqfd: bool = False
+    ioeventfd: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A configuration (design §6), with two optional extensions: ``clients`` lists the
+    endpoints that are plain ``ivshmem-client`` processes, and ``realize`` the devices the
+    checkers may realize (default: ``ivshmem-doorbell`` on the socket with the server's
+    vector count)."""
+
+    endpoints: int = 2
+    server: ServerConfig = field(default_factory=ServerConfig)
+    host: HostConfig = field(default_factory=HostConfig)
+    clients: tuple[int, ...] = ()
+    realize: tuple[DeviceChoice, ...] = ()
+
+    def realize_menu(self) -> tuple[DeviceChoice, ...]:
+        if self.realize:
+            return self.realize
+        vectors = max(1, self.server.vectors)
+        return (("ivshmem-doorbell", (("chardev", True), ("vectors", vectors))),)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "endpoints": self.endpoints,
+            "server": {
+                "policy": self.server.policy,
+                "vectors": self.server.vectors,
+                "shm_size": self.server.shm_size,
+            },
+            "host": {"kvm_msi_irqfd": self.host.kvm_msi_irqfd, "ioeventfd": self.host.ioeventfd},
+        }
+        if self.server.messages != DEFAULT_MESSAGES:
+            out["server"]["messages"] = [list(m) for m in self.server.messages]
+        if self.clients:
+            out["clients"] = list(self.clients)
+        if self.realize:
+            out["realize"] = [{"device": d, "props": dict(p)} for d, p in self.realize]
+        return out
+
+
+def _only(obj: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise TraceError("unknown field", f"{where}.{key}" if where else key)
+
+
+def _object(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TraceError(f"expected an object, got {json.dumps(value)}", where)
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise TraceError(f"expected a list, got {json.dumps(value)}", where)
+    return value
+
+
+def _messages(value: Any) -> tuple[MessageChoice, ...]:
+    out: list[MessageChoice] = []
+    for index, item in enumerate(_list(value, "server.messages")):
+        where = f"server.messages[{index}]"
+        if not isinstance(item, list) or len(item) != 2:
+            raise TraceError(f"expected [value, fd], got {json.dumps(item)}", where)
+        try:
+            out.append((_int(item[0], "value", INT64_MIN, INT64_MAX), _fd_kind(item[1])))
+        except TraceError as err:
+            raise err.within(where) from None
+    return tuple(out)
+
+
+def _device_choices(value: Any) -> tuple[DeviceChoice, ...]:
+    out: list[DeviceChoice] = []
+    for index, item in enumerate(_list(value, "realize")):
+        where = f"realize[{index}]"
+        obj = _object(item, where)
+        _only(obj, ("device", "props"), where)
+        try:
+            device = _check_field(Realize, "device", obj.get("device"))
+            props = _check_field(Realize, "props", obj.get("props", {}))
+        except TraceError as err:
+            raise err.within(where) from None
+        out.append((device, props))
+    return tuple(out)
+
+
+def config_from_json(obj: Any) -> Config:
+    obj = _object(obj, "config")
+    _only(obj, ("endpoints", "server", "host", "clients", "realize"), "config")
+    server = _object(obj.get("server", {}), "config.server")
+    _only(server, ("policy", "vectors", "shm_size", "messages"), "config.server")
+    host = _object(obj.get("host", {}), "config.host")
+    _only(host, ("kvm_msi_irqfd", "ioeventfd"), "config.host")
+    policy = server.get("policy", "contrib")
+    if policy not in ("contrib", "scripted"):
+        raise TraceError(
+            f'expected "contrib" or "scripted", got {json.dumps(policy)}', "config.server.policy"
+        )
+    try:
+        endpoints = _int(obj.get("endpoints", 2), "endpoints", 1, 64)
+        clients = tuple(
+            _int(c, f"clients[{i}]", 0, endpoints - 1)
+            for i, c in enumerate(_list(obj.get("clients", []), "clients"))
+        )
+        return Config(
+            endpoints=endpoints,
+            server=ServerConfig(
+                policy=policy,
+                vectors=_int(server.get("vectors", 1), "server.vectors", 0, 64),
+                shm_size=_int(server.get("shm_size", 4 * 1024 * 1024), "server.shm_size", 0,
+                              UINT64_MAX),
+                messages=_messages(server["messages"]) if "messages" in server
+                else DEFAULT_MESSAGES,
+            ),
+            host=HostConfig(
+                kvm_msi_irqfd=_bool(host.get("kvm_msi_irqfd", False), "host.kvm_msi_irqfd"),
+                ioeventfd=_bool(host.get("ioeventfd", True), "host.ioeventfd"),
+            ),
+            clients=tuple(sorted(set(clients))),
+            realize=_device_choices(obj["realize"]) if "realize" in obj else (),
+        )
+    except TraceError as err:
+        raise err.within("config") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Traces and counterexamples
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    config: Config
+    steps: tuple[Action, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": TRACE_FORMAT,
+            "config": self.config.to_json(),
+            "steps": [a.to_json() for a in self.steps],
+        }
+
+
+def _check_endpoints(config: Config, steps: tuple[Action, ...]) -> None:
+    for index, action in enumerate(steps):
+        endpoint = getattr(action, "endpoint", None)
+        if endpoint is not None and endpoint >= config.endpoints:
+            raise TraceError(
+                f"endpoint {endpoint} is out of range: the configuration has "
+                f"{config.endpoints} endpoint(s)",
+                f"steps[{index}].endpoint",
+            )
+
+
+def trace_from_json(obj: Any, *, require_format: bool = True) -> Trace:
+    obj = _object(obj, "")
+    if require_format and obj.get("format") != TRACE_FORMAT:
+        raise TraceError(
+            f"expected {json.dumps(TRACE_FORMAT)}, got {json.dumps(obj.get('format'))}", "format"
+        )
+    _only(obj, ("format", "config", "steps"), "")
+    config = config_from_json(obj.get("config", {}))
+    raw_steps = obj.get("steps")
+    if not isinstance(raw_steps, list):
+        raise TraceError(f"expected a list, got {json.dumps(raw_steps)}", "steps")
+    steps: list[Action] = []
+    for index, raw in enumerate(raw_steps):
+        try:
+            steps.append(action_from_json(raw))
+        except TraceError as err:
+            raise err.within(f"steps[{index}]") from None
+    trace = Trace(config, tuple(steps))
+    _check_endpoints(config, trace.steps)
+    return trace
+
+
+Expectation = str | dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Counterexample:
+    """A trace plus what it shows (design §6).
+
+    ``expect`` maps a variant name to ``"holds"`` or ``{"violates": property, "step": i}``.
+    """
+
+    name: str
+    property: str
+    summary: str
+    origin: str
+    trace: Trace
+    expect: tuple[tuple[str, Expectation], ...]
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        trace = self.trace.to_json()
+        del trace["format"]
+        out: dict[str, Any] = {
+            "format": COUNTEREXAMPLE_FORMAT,
+            "name": self.name,
+            "property": self.property,
+            "summary": self.summary,
+            "origin": self.origin,
+            "trace": trace,
+            "expect": dict(self.expect),
+        }
+        out.update(dict(self.extra))
+        return out
+
+
+_CX_FIELDS = ("format", "name", "property", "summary", "origin", "trace", "expect")
+
+
+def _expectation(value: Any, where: str) -> Expectation:
+    if value == "holds":
+        return "holds"
+    if isinstance(value, Mapping) and set(value) <= {"violates", "step", "line"}:
+        _str(value.get("violates"), f"{where}.violates")
+        _int(value.get("step"), f"{where}.step", 0, 10**9)
+        return dict(value)
+    raise TraceError(
+        'expected "holds" or {"violates": PROPERTY, "step": N}, got ' + json.dumps(value), where
+    )
+
+
+def counterexample_from_json(obj: Any) -> Counterexample:
+    obj = _object(obj, "")
+    if obj.get("format") != COUNTEREXAMPLE_FORMAT:
+        raise TraceError(
+            f"expected {json.dumps(COUNTEREXAMPLE_FORMAT)}, got {json.dumps(obj.get('format'))}",
+            "format",
+        )
+    for key in ("name", "property", "summary", "origin"):
+        _str(obj.get(key), key)
+    trace = trace_from_json(_object(obj.get("trace"), "trace"), require_format=False)
+    expect_obj = _object(obj.get("expect"), "expect")
+    if not expect_obj:
+        raise TraceError("expected at least one variant", "expect")
+    expect = tuple(
+        (str(k), _expectation(v, f"expect.{k}")) for k, v in sorted(expect_obj.items())
+    )
+    extra = tuple((k, v) for k, v in obj.items() if k not in _CX_FIELDS)
+    return Counterexample(
+        name=obj["name"], property=obj["property"], summary=obj["summary"],
+        origin=obj["origin"], trace=trace, expect=expect, extra=extra,
+    )
+
+
+def load_json_file(path: str) -> Any:
+    """Read a JSON file; a missing file or invalid JSON is a :class:`TraceError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise TraceError("no such file", path) from None
+    except json.JSONDecodeError as err:
+        raise TraceError(f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}",
+                         path) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise TraceError(str(err), path) from None
+
+
+def load_trace(path: str) -> Trace:
+    """A trace file; a counterexample file is accepted too (its trace is used)."""
+    obj = load_json_file(path)
+    try:
+        if isinstance(obj, Mapping) and obj.get("format") == COUNTEREXAMPLE_FORMAT:
+            return counterexample_from_json(obj).trace
+        return trace_from_json(obj)
+    except TraceError as err:
+        raise TraceError(err.message, f"{path}: {err.where}" if err.where else path) from None
+
+
+def load_counterexample(path: str) -> Counterexample:
+    obj = load_json_file(path)
+    try:
+        return counterexample_from_json(obj)
+    except TraceError as err:
+        raise TraceError(err.message, f"{path}: {err.where}" if err.where else path) from None

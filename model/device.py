@@ -1,0 +1,1028 @@
+"""The ivshmem device: one function per seed function, same name, seed lines cited.
+
+``../shared/seed/ivshmem.c.txt`` is the seed (QEMU ``hw/misc/ivshmem.c`` right after
+``b266f1d11233``); "seed N" is its line N.  Each function keeps the seed's order of checks and
+QEMU's own error texts.  Where the C code asserts, :class:`~model.proc.Abort` is raised; where it
+reads or writes a NULL, freed or too-short heap block, :class:`~model.proc.Crash`.  Variant flags
+(``s.proc.variant``) switch behaviour only where a commit changed it, citing that commit.
+
+``IVShmemState`` here is mutable and lives for one step; :func:`thaw` and :meth:`freeze` convert
+from and to the frozen :class:`~model.state.Device`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from model import msix
+from model.msix import (
+    PCIDevice,
+    msix_enabled,
+    msix_get_message,
+    msix_init_exclusive_bar,
+    msix_is_masked,
+    msix_notify,
+    msix_set_pending,
+    msix_set_vector_notifiers,
+    msix_uninit_exclusive_bar,
+    msix_unset_vector_notifiers,
+    msix_vector_use,
+)
+from model.proc import Abort, Crash, Hang, Proc, WouldBlock
+from model.state import (
+    DEFAULT_MSI_VECTOR,
+    FREED,
+    IVSHMEM_IOEVENTFD,
+    IVSHMEM_MSI,
+    LIVE,
+    NULL,
+    ZEROED,
+    Device,
+    MSIVector,
+    Peer,
+)
+
+IVSHMEM_MAX_PEERS = 0xFFFF  # seed 42
+IVSHMEM_PROTOCOL_VERSION = 0
+SIZE_MAX = -1  # legacy_size "whatever the server sends" (seed 1158)
+MiB = 1024 * 1024
+PAGE_SIZE = 4096
+EINVAL = 22
+
+
+class Reg(IntEnum):
+    """``enum ivshmem_registers`` (seed 125-130)."""
+
+    INTRMASK = 0
+    INTRSTATUS = 4
+    IVPOSITION = 8
+    DOORBELL = 12
+
+
+class Errp:
+    """``Error **errp``: the first error set wins, as ``error_setg`` asserts."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self) -> None:
+        self.msg: str | None = None
+
+    def set(self, msg: str) -> None:
+        if self.msg is None:
+            self.msg = msg
+
+    def __bool__(self) -> bool:
+        return self.msg is not None
+
+
+class IVShmemState(PCIDevice):
+    """Mutable mirror of ``IVShmemState`` (seed 83-122)."""
+
+    __slots__ = (
+        "bar2", "bar2_fd", "bar2_size", "chardev", "endpoint", "features", "hostmem",
+        "interrupt_pin", "intrmask", "intrstatus", "ioeventfds", "irq_level", "legacy_size",
+        "master", "migration_blocker", "msg_buffered_bytes", "msi_vectors",
+        "msi_vectors_block", "nb_peers", "peers", "peers_block", "type", "vectors", "vm_id",
+    )
+
+    def __init__(self, proc: Proc, d: Device) -> None:
+        super().__init__(proc, d.msix)
+        self.endpoint = proc.endpoint
+        self.type = d.type
+        self.features = d.features
+        self.vectors = d.vectors
+        self.vm_id = d.vm_id
+        self.master = d.master
+        self.intrmask = d.intrmask
+        self.intrstatus = d.intrstatus
+        self.irq_level = d.irq_level
+        self.interrupt_pin = d.interrupt_pin
+        self.chardev = d.chardev
+        self.hostmem = d.hostmem
+        self.legacy_size = d.legacy_size
+        self.peers_block = d.peers_block
+        self.nb_peers = d.nb_peers
+        self.peers: dict[int, Peer] = dict(d.peers)
+        self.msi_vectors_block = d.msi_vectors_block
+        self.msi_vectors: dict[int, MSIVector] = dict(d.msi_vectors)
+        self.bar2 = d.bar2
+        self.bar2_fd = d.bar2_fd
+        self.bar2_size = d.bar2_size
+        self.msg_buffered_bytes = d.msg_buffered_bytes
+        self.migration_blocker = d.migration_blocker
+        self.ioeventfds = list(d.ioeventfds)
+        if d.msix.notifiers:
+            self.msix_vector_use_notifier = ivshmem_vector_unmask
+            self.msix_vector_release_notifier = ivshmem_vector_mask
+        if d.msix.poll_notifier:
+            self.msix_vector_poll_notifier = ivshmem_vector_poll
+
+    def freeze(self) -> Device:
+        default_peer = self.default_peer()
+        return Device(
+            type=self.type,
+            features=self.features,
+            vectors=self.vectors,
+            vm_id=self.vm_id,
+            master=self.master,
+            intrmask=self.intrmask,
+            intrstatus=self.intrstatus,
+            irq_level=self.irq_level,
+            interrupt_pin=self.interrupt_pin,
+            chardev=self.chardev,
+            hostmem=self.hostmem,
+            legacy_size=self.legacy_size,
+            peers_block=self.peers_block,
+            nb_peers=self.nb_peers,
+            peers=tuple(sorted(p for p in self.peers.items() if p[1] != default_peer)),
+            msi_vectors_block=self.msi_vectors_block,
+            msi_vectors=tuple(
+                sorted(v for v in self.msi_vectors.items() if v[1] != DEFAULT_MSI_VECTOR)
+            ),
+            bar2=self.bar2,
+            bar2_fd=self.bar2_fd,
+            bar2_size=self.bar2_size,
+            msg_buffered_bytes=self.msg_buffered_bytes,
+            migration_blocker=self.migration_blocker,
+            ioeventfds=tuple(sorted(self.ioeventfds)),
+            msix=self.freeze_msix(),
+        )
+
+    def default_peer(self) -> Peer:
+        """What ``resize_peers`` puts in a new slot: ``g_new0`` of 0 elements is NULL."""
+        return Peer(block=LIVE if self.vectors else NULL)
+
+
+def ivshmem_has_feature(s: IVShmemState, feature: int) -> bool:
+    """Seed 132-135."""
+    return bool(s.features & (1 << feature))
+
+
+def ivshmem_is_master(s: IVShmemState) -> bool:
+    """Seed 137-141."""
+    if s.master == "auto":
+        raise Abort("ivshmem_is_master: Assertion `s->master != ON_OFF_AUTO_AUTO' failed.", 139)
+    return s.master == "on"
+
+
+# ---------------------------------------------------------------------------------------------
+# Heap accesses: the lifetime and bounds of every block the seed indexes.
+
+
+def peer_at(s: IVShmemState, posn: int, line: int) -> Peer:
+    """``s->peers[posn]``: the peers array must be live and ``posn < nb_peers``."""
+    if s.peers_block == NULL:
+        raise Crash("null_deref", "s->peers is NULL", line)
+    if s.peers_block == FREED:
+        raise Crash("use_after_free", "s->peers was freed", line)
+    if not 0 <= posn < s.nb_peers:
+        raise Crash("out_of_bounds", f"s->peers[{posn}] of {s.nb_peers}", line)
+    return s.peers.get(posn) or s.default_peer()
+
+
+def eventfd_slot(s: IVShmemState, posn: int, vector: int, line: int) -> int:
+    """Read ``s->peers[posn].eventfds[vector]``: the descriptor it holds, or ``ZEROED``."""
+    peer = peer_at(s, posn, line)
+    _check_eventfds_block(peer, posn, line)
+    if not 0 <= vector < s.vectors:
+        raise Crash(
+            "out_of_bounds", f"peers[{posn}].eventfds[{vector}] of {s.vectors}", line
+        )
+    return peer.eventfds[vector] if vector < len(peer.eventfds) else ZEROED
+
+
+def _check_eventfds_block(peer: Peer, posn: int, line: int) -> None:
+    if peer.block == NULL:
+        raise Crash("null_deref", f"peers[{posn}].eventfds is NULL", line)
+    if peer.block == FREED:
+        raise Crash("use_after_free", f"peers[{posn}].eventfds was freed", line)
+
+
+def msi_vector(s: IVShmemState, vector: int, line: int) -> MSIVector:
+    """``s->msi_vectors[vector]``: allocated in ``ivshmem_setup_interrupts`` (seed 779)."""
+    if s.msi_vectors_block == NULL:
+        raise Crash("null_deref", "s->msi_vectors is NULL", line)
+    if s.msi_vectors_block == FREED:
+        raise Crash("use_after_free", "s->msi_vectors was freed", line)
+    if not 0 <= vector < s.vectors:
+        raise Crash("out_of_bounds", f"msi_vectors[{vector}] of {s.vectors}", line)
+    return s.msi_vectors.get(vector, DEFAULT_MSI_VECTOR)
+
+
+def g_free_block(state: str, what: str, line: int) -> str:
+    """``g_free``: NULL is fine, a second free is a crash."""
+    if state == FREED:
+        raise Crash("double_free", f"{what} freed twice", line)
+    return FREED if state == LIVE else NULL
+
+
+# ---------------------------------------------------------------------------------------------
+# BAR0 registers and INTx (seed 143-288)
+
+
+def ivshmem_update_irq(s: IVShmemState) -> None:
+    """Seed 143-173: only the legacy ``ivshmem,msi=off`` drives INTx."""
+    if ivshmem_has_feature(s, IVSHMEM_MSI) or not s.interrupt_pin:
+        return
+    isr = s.intrstatus & s.intrmask
+    pci_set_irq(s, 1 if isr else 0)
+
+
+def pci_set_irq(s: IVShmemState, level: int) -> None:
+    if level != s.irq_level:
+        s.irq_level = level
+        s.proc.obs.append({"intx": level})
+
+
+def ivshmem_IntrMask_write(s: IVShmemState, val: int) -> None:
+    """Seed 175-181."""
+    s.intrmask = val & 0xFFFFFFFF
+    ivshmem_update_irq(s)
+
+
+def ivshmem_IntrMask_read(s: IVShmemState) -> int:
+    """Seed 183-189."""
+    return s.intrmask
+
+
+def ivshmem_IntrStatus_write(s: IVShmemState, val: int) -> None:
+    """Seed 191-197: stores the value (not OR)."""
+    s.intrstatus = val & 0xFFFFFFFF
+    ivshmem_update_irq(s)
+
+
+def ivshmem_IntrStatus_read(s: IVShmemState) -> int:
+    """Seed 199-207: reading ISR clears all interrupts."""
+    ret = s.intrstatus
+    s.intrstatus = 0
+    ivshmem_update_irq(s)
+    return ret
+
+
+def ivshmem_io_write(s: IVShmemState, addr: int, val: int) -> None:
+    """Seed 209-249: one 4-byte access as the memory core hands it over."""
+    dest = (val >> 16) & 0xFFFF
+    vector = val & 0xFF
+    addr &= 0xFC
+    if addr == Reg.INTRMASK:
+        ivshmem_IntrMask_write(s, val)
+    elif addr == Reg.INTRSTATUS:
+        ivshmem_IntrStatus_write(s, val)
+    elif addr == Reg.DOORBELL:
+        # check that dest VM ID is reasonable
+        if dest >= s.nb_peers:
+            return
+        # check doorbell range
+        if vector < peer_at(s, dest, 238).nb_eventfds:
+            s.proc.event_notifier_set(eventfd_slot(s, dest, vector, 240), 240)
+
+
+def ivshmem_io_read(s: IVShmemState, addr: int) -> int:
+    """Seed 251-278: the switch sees the address as given (no 0xfc mask)."""
+    if addr == Reg.INTRMASK:
+        return ivshmem_IntrMask_read(s)
+    if addr == Reg.INTRSTATUS:
+        return ivshmem_IntrStatus_read(s)
+    if addr == Reg.IVPOSITION:
+        return s.vm_id & 0xFFFFFFFF
+    return 0
+
+
+def memory_region_dispatch_write(
+    s: IVShmemState, addr: int, value: int, size: int, ioeventfd_host: bool
+) -> None:
+    """``memory_region_dispatch_write`` for BAR0 (``impl`` sizes 4..4, seed 280-288).
+
+    Ioeventfds match first, exactly (a 4-byte write of the datamatch at DOORBELL).  An access
+    not aligned to its size is invalid and dropped; a narrower one is widened to 4 bytes at the
+    same address; an 8-byte one is split into two 4-byte accesses.
+    """
+    if addr % size:
+        return
+    if ioeventfd_host and size == 4 and addr == Reg.DOORBELL:
+        for datamatch, d in s.ioeventfds:
+            if datamatch == value:
+                s.proc.event_notifier_set(d, "memory.c memory_region_dispatch_write_eventfds")
+                return
+    if size == 8:
+        ivshmem_io_write(s, addr, value & 0xFFFFFFFF)
+        ivshmem_io_write(s, addr + 4, value >> 32)
+    else:
+        ivshmem_io_write(s, addr, value)
+
+
+def memory_region_dispatch_read(s: IVShmemState, addr: int, size: int) -> int:
+    """Reads widened to 4 bytes at the given address, or split for 8; unaligned ones read 0."""
+    if addr % size:
+        return 0
+    if size == 8:
+        return ivshmem_io_read(s, addr) | ivshmem_io_read(s, addr + 4) << 32
+    return ivshmem_io_read(s, addr) & ((1 << (8 * size)) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# MSI-X vectors (seed 290-398)
+
+
+def ivshmem_vector_notify(s: IVShmemState, vector: int) -> None:
+    """Seed 290-310: the fd handler of an own eventfd (non-irqfd delivery)."""
+    if not msi_vector(s, vector, 293).pdev:
+        raise Crash("null_deref", "IVSHMEM_COMMON(entry->pdev) with pdev NULL", 294)
+    n = eventfd_slot(s, s.vm_id, vector, 296)
+    if not s.proc.event_notifier_test_and_clear(n, 298):
+        return
+    if ivshmem_has_feature(s, IVSHMEM_MSI):
+        if msix_enabled(s):
+            msix_notify(s, vector)
+    else:
+        ivshmem_IntrStatus_write(s, 1)
+
+
+def ivshmem_vector_unmask(dev: PCIDevice, vector: int) -> int:
+    """Seed 312-340: the MSI-X use notifier (irqfd mode)."""
+    assert isinstance(dev, IVShmemState)
+    s = dev
+    peer_at(s, s.vm_id, 316)
+    v = msi_vector(s, vector, 321)
+    if not v.pdev:
+        s.proc.error_report(f"ivshmem: vector {vector} route does not exist")
+        return 0 if s.proc.variant.unmask_without_route_ok else -EINVAL
+    if v.unmasked:
+        raise Abort("ivshmem_vector_unmask: Assertion `!v->unmasked' failed.", 325)
+    # kvm_irqchip_update_msi_route + kvm_irqchip_commit_routes (seed 327-331) always succeed
+    # for a route that exists.
+    ret = s.proc.kvm_add_irqfd(eventfd_slot(s, s.vm_id, vector, 333), v.virq)
+    if ret < 0:
+        return ret
+    s.msi_vectors[vector] = MSIVector(v.pdev, v.virq, True)
+    return 0
+
+
+def ivshmem_vector_mask(dev: PCIDevice, vector: int) -> None:
+    """Seed 342-362: the MSI-X release notifier (irqfd mode)."""
+    assert isinstance(dev, IVShmemState)
+    s = dev
+    peer_at(s, s.vm_id, 345)
+    v = msi_vector(s, vector, 350)
+    if not v.pdev:
+        s.proc.error_report(f"ivshmem: vector {vector} route does not exist")
+        return
+    if not v.unmasked:
+        raise Abort("ivshmem_vector_mask: Assertion `v->unmasked' failed.", 354)
+    ret = s.proc.kvm_remove_irqfd(eventfd_slot(s, s.vm_id, vector, 356), v.virq)
+    if ret < 0:
+        s.proc.error_report("remove_irqfd_notifier_gsi failed")
+        return
+    s.msi_vectors[vector] = MSIVector(v.pdev, v.virq, False)
+
+
+def ivshmem_vector_poll(dev: PCIDevice, vector_start: int, vector_end: int) -> None:
+    """Seed 364-386: the MSI-X poll notifier; masked vectors' events become pending bits."""
+    assert isinstance(dev, IVShmemState)
+    s = dev
+    vector_end = min(vector_end, s.vectors)
+    if s.proc.variant.vector_poll_connected_only:
+        vector_end = min(vector_end, peer_at(s, s.vm_id, 376).nb_eventfds)
+    for vector in range(vector_start, vector_end):
+        peer_at(s, s.vm_id, 376)
+        if not msix_is_masked(s, vector):
+            continue
+        if s.proc.event_notifier_test_and_clear(eventfd_slot(s, s.vm_id, vector, 382), 382):
+            msix_set_pending(s, vector)
+
+
+def watch_vector_notifier(s: IVShmemState, n: int, vector: int) -> None:
+    """Seed 388-398: non-irqfd delivery through an fd handler on the own eventfd."""
+    if msi_vector(s, vector, 393).pdev:
+        raise Abort(
+            "watch_vector_notifier: Assertion `!s->msi_vectors[vector].pdev' failed.", 393
+        )
+    s.msi_vectors[vector] = MSIVector(True, -1, False)
+    s.proc.set_fd_handler(n, vector)
+
+
+def ivshmem_add_eventfd(s: IVShmemState, posn: int, i: int) -> None:
+    """Seed 400-408."""
+    s.ioeventfds.append(((posn << 16) | i, eventfd_slot(s, posn, i, 407)))
+
+
+def ivshmem_del_eventfd(s: IVShmemState, posn: int, i: int) -> None:
+    """Seed 410-418; ``memory_region_del_eventfd`` asserts the ioeventfd exists."""
+    entry = ((posn << 16) | i, eventfd_slot(s, posn, i, 417))
+    if entry not in s.ioeventfds:
+        raise Abort("memory_region_del_eventfd: Assertion `i != mr->ioeventfd_nb' failed.", 412)
+    s.ioeventfds.remove(entry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers and interrupts (seed 420-509)
+
+
+def close_peer_eventfds(s: IVShmemState, posn: int) -> None:
+    """Seed 420-441: frees ``peers[posn].eventfds`` but leaves the pointer behind."""
+    if not (posn >= 0 and posn < s.nb_peers):
+        raise Abort(
+            "close_peer_eventfds: Assertion `posn >= 0 && posn < s->nb_peers' failed.", 424
+        )
+    peer = peer_at(s, posn, 425)
+    n = peer.nb_eventfds
+    if ivshmem_has_feature(s, IVSHMEM_IOEVENTFD):
+        for i in range(n):
+            ivshmem_del_eventfd(s, posn, i)
+    for i in range(n):
+        s.proc.event_notifier_cleanup(eventfd_slot(s, posn, i, 436), 436)
+    if s.proc.variant.keep_peer_eventfds_array:
+        s.peers[posn] = Peer(0, (), peer.block)
+        return
+    s.peers[posn] = Peer(0, peer.eventfds, g_free_block(peer.block, f"peers[{posn}].eventfds",
+                                                          439))
+
+
+def resize_peers(s: IVShmemState, nb_peers: int) -> None:
+    """Seed 443-458: new slots get ``vectors`` zeroed notifiers each."""
+    if not nb_peers > s.nb_peers:
+        raise Abort("resize_peers: Assertion `nb_peers > old_nb_peers' failed.", 448)
+    s.peers_block = LIVE  # g_realloc
+    s.nb_peers = nb_peers
+
+
+def ivshmem_add_kvm_msi_virq(s: IVShmemState, vector: int, errp: Errp) -> None:
+    """Seed 460-477."""
+    if msi_vector(s, vector, 467).pdev:
+        raise Abort(
+            "ivshmem_add_kvm_msi_virq: Assertion `!s->msi_vectors[vector].pdev' failed.", 467
+        )
+    # kvm_irqchip_add_msi_route -> pci_get_msi_message -> msix_get_message
+    if not msix_enabled(s):
+        raise Abort("pci_get_msi_message: unknown interrupt type", "pci.c pci_get_msi_message")
+    msix_get_message(s, vector)
+    virq = s.proc.kvm_add_msi_route(vector)
+    s.msi_vectors[vector] = MSIVector(True, virq, False)
+
+
+def setup_interrupt(s: IVShmemState, vector: int, errp: Errp) -> None:
+    """Seed 479-509: how an own eventfd is wired to the guest."""
+    peer_at(s, s.vm_id, 481)
+    with_irqfd = s.proc.kvm_msi_irqfd and ivshmem_has_feature(s, IVSHMEM_MSI)
+    if not with_irqfd:
+        watch_vector_notifier(s, eventfd_slot(s, s.vm_id, vector, 491), vector)
+    elif msix_enabled(s):
+        if s.proc.variant.setup_interrupt_balanced and s.msix_vector_use_notifier is None:
+            return  # irqfd setup failed at enable time: nothing to balance against
+        err = Errp()
+        ivshmem_add_kvm_msi_virq(s, vector, err)
+        if err:
+            errp.set(err.msg or "")
+            return
+        if not msix_is_masked(s, vector):
+            n = eventfd_slot(s, s.vm_id, vector, 501)
+            ret = s.proc.kvm_add_irqfd(n, msi_vector(s, vector, 502).virq)
+            # TODO handle error (seed 503)
+            if ret == 0 and s.proc.variant.setup_interrupt_balanced:
+                v = s.msi_vectors[vector]
+                s.msi_vectors[vector] = MSIVector(v.pdev, v.virq, True)
+    # else: delayed until MSI-X is enabled, in write_config (seed 506)
+
+
+# ---------------------------------------------------------------------------------------------
+# Server messages (seed 511-653)
+
+
+def process_msg_shmem(s: IVShmemState, fd: int, errp: Errp) -> None:
+    """Seed 511-552."""
+    if s.proc.variant.shm_message_needs_fd and fd < 0:
+        errp.set("server didn't provide fd with shared memory message")
+        return
+    if s.bar2:
+        errp.set("server sent unexpected shared memory message")
+        s.proc.close(fd, 519)
+        return
+    if fd < 0 or not s.proc.world.is_open(fd):
+        errp.set("can't determine size of shared memory sent by server: Bad file descriptor")
+        s.proc.close(fd, 526)
+        return
+    obj = s.proc.world.obj_of(fd)
+    size = obj.size if obj.kind == "shm" else 0
+    # Legacy cruft
+    if s.legacy_size != SIZE_MAX:
+        if size < s.legacy_size:
+            errp.set(f"server sent only {size} bytes of shared memory")
+            s.proc.close(fd, 537)
+            return
+        size = s.legacy_size
+    # mmap the region and map into the BAR2 (memory_region_init_ram_from_fd, seed 544-549);
+    # on failure the fd is not closed.
+    error = qemu_ram_alloc_from_fd_error(size, obj.size if obj.kind == "shm" else 0)
+    if error:
+        errp.set(error)
+        return
+    s.bar2 = "server"
+    s.bar2_fd = fd
+    s.bar2_size = size
+
+
+def qemu_ram_alloc_from_fd_error(size: int, file_size: int) -> str | None:
+    """The size checks of ``qemu_ram_alloc_from_fd`` / ``file_ram_alloc`` (exec.c)."""
+    aligned = -(-size // PAGE_SIZE) * PAGE_SIZE
+    if 0 < file_size < aligned:
+        return (
+            f"backing store size {file_size:#x} does not match 'size' option {aligned:#x}"
+        )
+    if aligned < PAGE_SIZE:
+        return (
+            f"memory size {aligned:#x} must be equal to or larger than page size {PAGE_SIZE:#x}"
+        )
+    return None
+
+
+def process_msg_disconnect(s: IVShmemState, posn: int, errp: Errp) -> None:
+    """Seed 554-563."""
+    if posn >= s.nb_peers or posn == s.vm_id:
+        errp.set(f"invalid peer {posn}")
+        return
+    close_peer_eventfds(s, posn)
+
+
+def process_msg_connect(s: IVShmemState, posn: int, fd: int, errp: Errp) -> None:
+    """Seed 565-595: the N-th connect message for a peer carries the fd of vector N-1."""
+    peer = peer_at(s, posn, 575)
+    if peer.nb_eventfds >= s.vectors:
+        errp.set(f"Too many eventfd received, device has {s.vectors} vectors")
+        s.proc.close(fd, 578)
+        return
+    vector = peer.nb_eventfds
+    _check_eventfds_block(peer, posn, 584)
+    slots = peer.eventfds[:vector] + (ZEROED,) * max(0, vector - len(peer.eventfds))
+    s.peers[posn] = Peer(vector + 1, (*slots, fd, *peer.eventfds[vector + 1:]), peer.block)
+    if posn == s.vm_id:
+        setup_interrupt(s, vector, errp)
+        # TODO do we need to handle the error? (seed 589)
+    if ivshmem_has_feature(s, IVSHMEM_IOEVENTFD):
+        ivshmem_add_eventfd(s, posn, vector)
+
+
+def process_msg(s: IVShmemState, msg: int, fd: int, errp: Errp) -> None:
+    """Seed 597-621."""
+    if msg < -1 or msg > IVSHMEM_MAX_PEERS:
+        errp.set(f"server sent invalid message {msg}")
+        if fd >= 0 or not s.proc.variant.shm_message_needs_fd:
+            s.proc.close(fd, 603)
+        return
+    if msg == -1:
+        process_msg_shmem(s, fd, errp)
+        return
+    if msg >= s.nb_peers:
+        resize_peers(s, msg + 1)
+    if fd >= 0:
+        process_msg_connect(s, msg, fd, errp)
+    else:
+        process_msg_disconnect(s, msg, errp)
+
+
+def ivshmem_read(s: IVShmemState, msg: int, fd: int) -> None:
+    """Seed 623-653 (with ``ivshmem_can_receive``): one whole 8-byte message arrives."""
+    if not s.msg_buffered_bytes < 8:
+        raise Abort("ivshmem_can_receive: Assertion `s->msg_buffered_bytes < "
+                    "sizeof(s->msg_buf)' failed.", 627)
+    s.msg_buffered_bytes = 0
+    err = Errp()
+    process_msg(s, msg, fd, err)
+    if err.msg is not None:
+        s.proc.error_report(err.msg)
+
+
+INT64_MIN = -(2**63)
+
+
+def ivshmem_recv_msg(s: IVShmemState, errp: Errp) -> tuple[int, int]:
+    """Seed 655-676: a blocking read of one message from the chardev."""
+    channel = s.proc.world.channels[s.endpoint]
+    if not channel:
+        if not s.proc.world.server_up:
+            if s.proc.variant.recv_msg_eof_is_error:
+                errp.set("read from server failed: Connection reset by peer")
+                return INT64_MIN, -1
+            # qemu_chr_fe_read_all returns 0 on a closed socket; the loop never ends.
+            raise Hang("ivshmem_recv_msg: read returns 0 forever on a closed socket", 672)
+        raise WouldBlock
+    msg, fd = channel.pop(0)
+    if fd >= 0:
+        s.proc.world.give(fd, s.endpoint)
+    return msg, fd
+
+
+def ivshmem_recv_setup(s: IVShmemState, errp: Errp) -> None:
+    """Seed 678-746: version, then ID, then anything until the shared memory arrives."""
+    err = Errp()
+    msg, fd = ivshmem_recv_msg(s, err)
+    if err:
+        errp.set(err.msg or "")
+        return
+    if msg != IVSHMEM_PROTOCOL_VERSION:
+        errp.set(f"server sent version {msg}, expecting {IVSHMEM_PROTOCOL_VERSION}")
+        return
+    if fd != -1:
+        errp.set("server sent invalid version message")
+        return
+    msg, fd = ivshmem_recv_msg(s, err)
+    if err:
+        errp.set(err.msg or "")
+        return
+    if fd != -1 or msg < 0 or msg > IVSHMEM_MAX_PEERS:
+        errp.set("server sent invalid ID message")
+        return
+    s.vm_id = msg
+    if s.proc.variant.resize_peers_for_own_id and s.vm_id >= s.nb_peers:
+        resize_peers(s, s.vm_id + 1)
+    while True:
+        msg, fd = ivshmem_recv_msg(s, err)
+        if err:
+            errp.set(err.msg or "")
+            return
+        process_msg(s, msg, fd, err)
+        if err:
+            errp.set(err.msg or "")
+            return
+        if msg == -1:
+            break
+    if not s.bar2:
+        raise Abort("ivshmem_recv_setup: Assertion `s->ivshmem_bar2' failed.", 745)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reset, interrupts setup, irqfd (seed 748-878)
+
+
+def ivshmem_msix_vector_use(s: IVShmemState) -> None:
+    """Seed 751-759: every vector is 'used', at init and after each reset."""
+    for i in range(s.vectors):
+        msix_vector_use(s, i)
+
+
+def ivshmem_reset(s: IVShmemState) -> None:
+    """Seed 763-774."""
+    ivshmem_disable_irqfd(s)
+    s.intrstatus = 0
+    s.intrmask = 0
+    if ivshmem_has_feature(s, IVSHMEM_MSI):
+        ivshmem_msix_vector_use(s)
+
+
+def pci_do_device_reset(s: IVShmemState) -> None:
+    """The PCI core's part of a reset, after the device's own: INTx low, MSI-X reset."""
+    pci_set_irq(s, 0)
+    msix.msix_reset(s)
+
+
+def ivshmem_setup_interrupts(s: IVShmemState, errp: Errp) -> int:
+    """Seed 776-791; ``g_malloc0(0)`` is NULL, so ``vectors=0`` leaves msi_vectors NULL."""
+    if not s.proc.variant.msi_vectors_before_recv_setup:
+        s.msi_vectors_block = LIVE if s.vectors else NULL
+    if ivshmem_has_feature(s, IVSHMEM_MSI):
+        error = msix_init_exclusive_bar(s, s.vectors)
+        if error:
+            errp.set(error)
+            return -1
+        ivshmem_msix_vector_use(s)
+    return 0
+
+
+def ivshmem_remove_kvm_msi_virq(s: IVShmemState, vector: int) -> None:
+    """Seed 793-805."""
+    v = msi_vector(s, vector, 797)
+    if not v.pdev:
+        return
+    s.proc.kvm_release_virq(v.virq)
+    s.msi_vectors[vector] = MSIVector(False, v.virq, v.unmasked)
+
+
+def ivshmem_enable_irqfd(s: IVShmemState) -> None:
+    """Seed 807-835."""
+    i = 0
+    while i < peer_at(s, s.vm_id, 812).nb_eventfds:
+        err = Errp()
+        ivshmem_add_kvm_msi_virq(s, i, err)
+        if err:
+            s.proc.error_report(err.msg or "")
+            break
+        i += 1
+    else:
+        if msix_set_vector_notifiers(s, ivshmem_vector_unmask, ivshmem_vector_mask,
+                                     ivshmem_vector_poll):
+            s.proc.error_report("ivshmem: msix_set_vector_notifiers failed")
+        else:
+            return
+    # undo:
+    i -= 1
+    while i >= 0:
+        ivshmem_remove_kvm_msi_virq(s, i)
+        i -= 1
+
+
+def ivshmem_disable_irqfd(s: IVShmemState) -> None:
+    """Seed 837-860."""
+    if s.msix_vector_use_notifier is None:
+        return
+    msix_unset_vector_notifiers(s)
+    i = 0
+    while i < peer_at(s, s.vm_id, 848).nb_eventfds:
+        # MSI-X is already disabled here so msix_unset_vector_notifiers() didn't call our
+        # release notifier.  Do it now to keep our masks and unmasks balanced. (seed 849-853)
+        if msi_vector(s, i, 854).unmasked:
+            ivshmem_vector_mask(s, i)
+        ivshmem_remove_kvm_msi_virq(s, i)
+        i += 1
+
+
+def ivshmem_write_config(
+    s: IVShmemState, enable: bool | None = None, maskall: bool | None = None
+) -> None:
+    """Seed 862-878: a config write to the MSI-X control word."""
+    was_enabled = msix_enabled(s)
+    # pci_default_write_config -> msix_write_config
+    if enable is not None:
+        s.msix_enable = enable
+    if maskall is not None:
+        s.msix_maskall = maskall
+    msix.msix_write_config(s)
+    is_enabled = msix_enabled(s)
+    if s.proc.kvm_msi_irqfd:
+        if not was_enabled and is_enabled:
+            ivshmem_enable_irqfd(s)
+        elif was_enabled and not is_enabled:
+            ivshmem_disable_irqfd(s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Realize, exit, migration (seed 880-1035)
+
+
+MIGRATION_BLOCKER_TEXT = "Migration is disabled when using feature 'peer mode' in device 'ivshmem'"
+
+
+def ivshmem_common_realize(s: IVShmemState, errp: Errp) -> None:
+    """Seed 880-968."""
+    # IRQFD requires MSI
+    if ivshmem_has_feature(s, IVSHMEM_IOEVENTFD) and not ivshmem_has_feature(s, IVSHMEM_MSI):
+        errp.set("ioeventfd/irqfd requires MSI")
+        return
+    if s.hostmem:
+        s.bar2 = "hostmem"
+    else:
+        # we allocate enough space for 16 peers and grow as needed (seed 922-923)
+        resize_peers(s, 16)
+        if s.proc.variant.msi_vectors_before_recv_setup:
+            s.msi_vectors_block = LIVE if s.vectors else NULL
+        # Receive setup messages from server synchronously. (seed 925-930)
+        err = Errp()
+        ivshmem_recv_setup(s, err)
+        if err:
+            errp.set(err.msg or "")
+            return
+        if s.master == "on" and s.vm_id != 0:
+            errp.set("master must connect to the server before any peers")
+            return
+        err = Errp()
+        if ivshmem_setup_interrupts(s, err) < 0:
+            errp.set(f"Failed to initialize interrupts: {err.msg}")
+            return
+    if s.master == "auto":
+        s.master = "on" if s.vm_id == 0 else "off"
+    if not ivshmem_is_master(s):
+        s.migration_blocker = True
+
+
+def ivshmem_exit(s: IVShmemState) -> None:
+    """Seed 970-1013, then the RAM block's own reclaim when the device is finalized."""
+    if s.proc.variant.exit_disables_irqfd:
+        ivshmem_disable_irqfd(s)
+    s.migration_blocker = False
+    if s.bar2 and not s.hostmem and not s.proc.variant.exit_leaves_fd_to_ramblock:
+        # munmap(addr, memory_region_size(...) == -1): a length of 0 (seed 985)
+        s.proc.error_report("Failed to munmap shared memory Invalid argument")
+        s.proc.close(s.bar2_fd, 991)
+    if s.peers_block != NULL:
+        for i in range(s.nb_peers):
+            close_peer_eventfds(s, i)
+            if s.proc.variant.keep_peer_eventfds_array:
+                peer = s.peers.get(i) or s.default_peer()
+                s.peers[i] = Peer(0, (), g_free_block(peer.block, f"peers[{i}].eventfds", 1005))
+        s.peers_block = g_free_block(s.peers_block, "s->peers", 1005)
+    if ivshmem_has_feature(s, IVSHMEM_MSI):
+        msix_uninit_exclusive_bar(s)
+    s.msi_vectors_block = g_free_block(s.msi_vectors_block, "s->msi_vectors", 1012)
+    if s.bar2 == "server":
+        # reclaim_ramblock (exec.c) closes the RAM block's fd: the one closed at seed 991.
+        s.proc.close(s.bar2_fd, "exec.c reclaim_ramblock")
+    s.bar2 = ""
+
+
+def ivshmem_pre_load(s: IVShmemState) -> int:
+    """Seed 1015-1025."""
+    if not ivshmem_is_master(s):
+        s.proc.error_report("'peer' devices are not migratable")
+        return -EINVAL
+    return 0
+
+
+def ivshmem_post_load(s: IVShmemState) -> int:
+    """Seed 1027-1035."""
+    if ivshmem_has_feature(s, IVSHMEM_MSI):
+        ivshmem_msix_vector_use(s)
+    return 0
+
+
+def ivshmem_migrate(s: IVShmemState) -> None:
+    """Save on the source, load into a fresh destination device (seed 1015-1035, 1129-1142).
+
+    Abstraction: the destination process was realized against the same server with the same
+    id and eventfds (the model does not re-run setup), so what differs is exactly what a fresh
+    process lacks: KVM routes and irqfds, and the vector notifiers, which only
+    ``ivshmem_write_config`` installs and a vmstate load never calls.
+    """
+    saved = s.freeze_msix()
+    intrstatus, intrmask = s.intrstatus, s.intrmask
+    # The destination after realize: fresh KVM state, MSI-X disabled, notifiers unset.
+    s.proc.kvm_routes.clear()
+    s.proc.irqfds.clear()
+    s.msix_vector_use_notifier = None
+    s.msix_vector_release_notifier = None
+    s.msix_vector_poll_notifier = None
+    if s.proc.kvm_msi_irqfd:
+        s.msi_vectors = {}  # setup_interrupt was delayed until MSI-X enable (seed 506)
+    s.msix_enable = False
+    s.msix_maskall = False
+    s.msix_function_masked = True
+    if ivshmem_pre_load(s) < 0:
+        return
+    # VMSTATE_PCI_DEVICE loads config space (the MSI-X control word) without write_config.
+    s.msix_enable, s.msix_maskall = saved.enable, saved.maskall
+    msix.msix_load(s, saved)
+    s.intrstatus, s.intrmask = intrstatus, intrmask
+    ivshmem_post_load(s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device types and their properties (seed 1080-1339)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceType:
+    """A device type: its property defaults (QEMU's names) and instance_init."""
+
+    name: str
+    defaults: tuple[tuple[str, object], ...]
+    features: int  # set by instance_init (doorbell: MSI)
+    legacy_size: int
+
+
+DEVICE_TYPES: dict[str, DeviceType] = {
+    # seed 1080-1085, 1087-1092
+    "ivshmem-plain": DeviceType("ivshmem-plain", (("master", "off"), ("memdev_size", None)),
+                                0, 0),
+    # seed 1144-1151, 1153-1160
+    "ivshmem-doorbell": DeviceType(
+        "ivshmem-doorbell",
+        (("chardev", False), ("vectors", 1), ("ioeventfd", True), ("master", "off")),
+        1 << IVSHMEM_MSI, SIZE_MAX,
+    ),
+    # seed 1256-1267
+    "ivshmem": DeviceType(
+        "ivshmem",
+        (("chardev", False), ("size", None), ("vectors", 1), ("ioeventfd", False),
+         ("msi", True), ("shm", None), ("role", None), ("use64", 1)),
+        0, 0,
+    ),
+}
+
+
+def qemu_strtosz_MiB(text: str) -> int | None:
+    """``qemu_strtosz_MiB``: a number with an optional B/K/M/G/T/P/E suffix, MiB by default."""
+    units = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50,
+             "E": 1 << 60}
+    body = text.strip()
+    unit = MiB
+    if body and body[-1].upper() in units:
+        unit = units[body[-1].upper()]
+        body = body[:-1]
+    try:
+        number = float(body)
+    except ValueError:
+        return None
+    if number < 0:
+        return None
+    value = int(number * unit)
+    if value >= 2**64:
+        return None
+    return value
+
+
+def is_power_of_2(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def realize_device(
+    proc: Proc, device_type: str, props: dict[str, object]
+) -> tuple[IVShmemState | None, str | None]:
+    """``-device TYPE,props``: property parsing, instance_init, then the type's realize.
+
+    Returns the realized device, or ``None`` and QEMU's error text.
+    """
+    if device_type == "ivshmem" and proc.variant.no_legacy_device:
+        return None, "'ivshmem' is not a valid device model name"
+    dtype = DEVICE_TYPES[device_type]
+    known = dict(dtype.defaults)
+    for key in props:
+        if key not in known:
+            return None, f"Property '{device_type}.{key}' not found"
+    values = {**known, **props}
+    features = dtype.features
+    if device_type != "ivshmem-plain" and values["ioeventfd"]:
+        features |= 1 << IVSHMEM_IOEVENTFD
+    if device_type == "ivshmem" and values["msi"]:
+        features |= 1 << IVSHMEM_MSI
+    memdev_size = values.get("memdev_size")
+    device = Device(
+        type=device_type,
+        features=features,
+        vectors=_as_int(values.get("vectors")),
+        master=str(values.get("master", "off")),
+        chardev=bool(values.get("chardev", False)),
+        hostmem=memdev_size is not None,
+        bar2_size=_as_int(memdev_size),
+        legacy_size=dtype.legacy_size,
+    )
+    s = IVShmemState(proc, device)
+    errp = Errp()
+    if device_type == "ivshmem-plain":
+        ivshmem_plain_realize(s, errp)
+    elif device_type == "ivshmem-doorbell":
+        ivshmem_doorbell_realize(s, errp)
+    else:
+        ivshmem_realize(s, values, errp)
+    if errp:
+        return None, errp.msg
+    return s, None
+
+
+def _as_int(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def ivshmem_plain_realize(s: IVShmemState, errp: Errp) -> None:
+    """Seed 1094-1109 (a memdev is never busy here: one device per process)."""
+    if not s.hostmem:
+        errp.set("You must specify a 'memdev'")
+        return
+    ivshmem_common_realize(s, errp)
+
+
+def ivshmem_doorbell_realize(s: IVShmemState, errp: Errp) -> None:
+    """Seed 1162-1172."""
+    if not s.chardev:
+        errp.set("You must specify a 'chardev'")
+        return
+    ivshmem_common_realize(s, errp)
+
+
+def ivshmem_realize(s: IVShmemState, values: dict[str, object], errp: Errp) -> None:
+    """Seed 1286-1339: the legacy device."""
+    s.proc.error_report(
+        "ivshmem is deprecated, please use ivshmem-plain or ivshmem-doorbell instead"
+    )
+    shmobj = values.get("shm")
+    if int(s.chardev) + int(shmobj is not None) != 1:
+        errp.set("You must specify either 'shm' or 'chardev'")
+        return
+    sizearg = values.get("size")
+    if sizearg is None:
+        s.legacy_size = 4 * MiB
+    else:
+        size = qemu_strtosz_MiB(str(sizearg))
+        if size is None or not is_power_of_2(size):
+            errp.set(f"Invalid size {sizearg}")
+            return
+        s.legacy_size = size
+    # check that role is reasonable
+    role = values.get("role")
+    if role is not None:
+        if role == "peer":
+            s.master = "off"
+        elif role == "master":
+            s.master = "on"
+        else:
+            errp.set("'role' must be 'peer' or 'master'")
+            return
+    else:
+        s.master = "auto"
+    if shmobj is not None:
+        desugar_shm(s)
+    s.interrupt_pin = 1
+    ivshmem_common_realize(s, errp)
+
+
+def desugar_shm(s: IVShmemState) -> None:
+    """Seed 1269-1284: ``shm=NAME`` becomes a memory-backend-file on /dev/shm/NAME."""
+    s.hostmem = True
+    s.bar2_size = s.legacy_size

@@ -1,0 +1,281 @@
+"""The mutable working view of one process during one step.
+
+``step`` thaws the few parts of the frozen state a transition touches into these objects, runs
+the seed's functions on them (C code mutates, so its mirror does too), and freezes the result.
+Nothing here outlives a step.
+
+C's failure modes are Python exceptions *inside* a step only: :class:`Abort` for a failing
+``assert``, :class:`Crash` for a bad memory access, :class:`WouldBlock` when a synchronous read
+finds the channel empty.  ``step`` turns the first two into fates (state) and the third into a
+disabled action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from model.state import (
+    IN_FLIGHT,
+    ZEROED,
+    Fault,
+    Fd,
+    FileObject,
+    Message,
+)
+from model.variants import Variant
+
+
+class Abort(Exception):  # noqa: N818 - named after the C behaviour it mirrors
+    """A C ``assert`` failed (``abort()``)."""
+
+    def __init__(self, reason: str, line: int | str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.line = line
+
+
+class Crash(Exception):  # noqa: N818
+    """A read or write through a NULL, freed or too-short heap block, or a second free."""
+
+    def __init__(self, kind: str, reason: str, line: int | str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.line = line
+
+
+class WouldBlock(Exception):  # noqa: N818
+    """A synchronous read found the channel empty: the action is not enabled (yet)."""
+
+
+class Hang(Exception):  # noqa: N818
+    """A synchronous read loops forever on a closed connection."""
+
+    def __init__(self, reason: str, line: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.line = line
+
+
+def line_number(line: int | str) -> int:
+    return line if isinstance(line, int) else 0
+
+
+def line_where(line: int | str) -> str:
+    return line if isinstance(line, str) else ""
+
+
+def location(line: int | str) -> dict[str, int | str]:
+    """``{"line": N}`` for a seed line, ``{"where": "file function"}`` for other code."""
+    return {"line": line} if isinstance(line, int) else {"where": line}
+
+
+class World:
+    """Mutable copies of the system-wide tables: descriptors, objects, channels."""
+
+    __slots__ = ("channels", "fds", "objects", "server_up")
+
+    def __init__(
+        self,
+        fds: tuple[Fd | None, ...],
+        objects: tuple[FileObject | None, ...],
+        channels: tuple[tuple[Message, ...], ...],
+        server_up: bool,
+    ) -> None:
+        self.fds = list(fds)
+        self.objects = list(objects)
+        self.channels = [list(c) for c in channels]
+        self.server_up = server_up
+
+    # -- objects and descriptors ---------------------------------------------------------------
+
+    def new_object(self, obj: FileObject) -> int:
+        for index, slot in enumerate(self.objects):
+            if slot is None:
+                self.objects[index] = obj
+                return index
+        self.objects.append(obj)
+        return len(self.objects) - 1
+
+    def new_fd(self, obj: int, owner: int) -> int:
+        fd = Fd(obj, owner)
+        for index, slot in enumerate(self.fds):
+            if slot is None:
+                self.fds[index] = fd
+                return index
+        self.fds.append(fd)
+        return len(self.fds) - 1
+
+    def obj_of(self, d: int) -> FileObject:
+        entry = self.fds[d]
+        assert entry is not None
+        obj = self.objects[entry.obj]
+        assert obj is not None
+        return obj
+
+    def is_open(self, d: int) -> bool:
+        entry = self.fds[d] if 0 <= d < len(self.fds) else None
+        return entry is not None and entry.open
+
+    def signal(self, d: int) -> None:
+        entry = self.fds[d]
+        assert entry is not None
+        obj = self.objects[entry.obj]
+        assert obj is not None
+        if obj.kind == "eventfd" and obj.count == 0:
+            self.objects[entry.obj] = replace(obj, count=1)
+
+    def drain(self, d: int) -> bool:
+        entry = self.fds[d]
+        assert entry is not None
+        obj = self.objects[entry.obj]
+        assert obj is not None
+        if obj.kind != "eventfd" or obj.count == 0:
+            return False
+        self.objects[entry.obj] = replace(obj, count=0)
+        return True
+
+    def close_fd(self, d: int) -> None:
+        entry = self.fds[d]
+        assert entry is not None
+        self.fds[d] = replace(entry, open=False)
+
+    def give(self, d: int, owner: int) -> None:
+        """A descriptor in flight arrives in ``owner``'s process (SCM_RIGHTS)."""
+        entry = self.fds[d]
+        assert entry is not None and entry.owner == IN_FLIGHT
+        self.fds[d] = replace(entry, owner=owner)
+
+    def send(self, endpoint: int, value: int, obj: int | None) -> Message:
+        """Queue one message; an fd travels as a fresh in-flight descriptor of ``obj``."""
+        d = -1 if obj is None else self.new_fd(obj, IN_FLIGHT)
+        message = (value, d)
+        self.channels[endpoint].append(message)
+        return message
+
+
+class Proc:
+    """One endpoint's process during a step: its host facts, faults and observations."""
+
+    __slots__ = (
+        "endpoint",
+        "faults",
+        "fd_handlers",
+        "irqfds",
+        "kvm_msi_irqfd",
+        "kvm_routes",
+        "obs",
+        "variant",
+        "world",
+    )
+
+    def __init__(
+        self,
+        world: World,
+        endpoint: int,
+        variant: Variant,
+        kvm_msi_irqfd: bool,
+        kvm_routes: tuple[int, ...] = (),
+        irqfds: tuple[tuple[int, int], ...] = (),
+        fd_handlers: tuple[tuple[int, int], ...] = (),
+        faults: tuple[Fault, ...] = (),
+    ) -> None:
+        self.world = world
+        self.endpoint = endpoint
+        self.variant = variant
+        self.kvm_msi_irqfd = kvm_msi_irqfd
+        self.kvm_routes = list(kvm_routes)
+        self.irqfds = list(irqfds)
+        self.fd_handlers = list(fd_handlers)
+        self.faults = list(faults)
+        self.obs: list[dict[str, Any]] = []
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def error_report(self, text: str) -> None:
+        self.obs.append({"error": text})
+
+    def fault(self, kind: str, detail: str, line: int | str) -> None:
+        fault = Fault(kind, detail, line_number(line), line_where(line))
+        if fault not in self.faults:
+            self.faults.append(fault)
+        self.obs.append({"fault": kind, "detail": detail, **location(line)})
+
+    # -- EventNotifier (util/event_notifier-posix.c at the seed) -------------------------------
+
+    def event_notifier_set(self, d: int, line: int | str) -> None:
+        if d == ZEROED:
+            self.fault("fd_misuse", "event_notifier_set on a zeroed notifier writes fd 0", line)
+        elif not self.world.is_open(d):
+            self.fault("fd_misuse", f"event_notifier_set on closed descriptor {d}", line)
+        else:
+            self.world.signal(d)
+
+    def event_notifier_test_and_clear(self, d: int, line: int | str) -> bool:
+        if d == ZEROED:
+            if self.variant.event_notifier_initialized:
+                return False
+            self.fault("fd_misuse", "event_notifier_test_and_clear reads fd 0 (stdin)", line)
+            return False
+        if not self.world.is_open(d):
+            self.fault("fd_misuse", f"event_notifier_test_and_clear on closed descriptor {d}",
+                       line)
+            return False
+        return self.world.drain(d)
+
+    def event_notifier_cleanup(self, d: int, line: int | str) -> None:
+        if d == ZEROED:
+            if not self.variant.event_notifier_initialized:
+                self.fault("fd_misuse", "event_notifier_cleanup closes fd 0 (stdin)", line)
+            return
+        self.close(d, line)
+
+    def close(self, d: int, line: int | str) -> None:
+        """``close(fd)``: -1 is EBADF and harmless; a closed descriptor is a double close."""
+        if d < 0:
+            return
+        if not self.world.is_open(d):
+            self.fault("fd_misuse", f"close of already closed descriptor {d}", line)
+            return
+        self.world.close_fd(d)
+
+    # -- KVM (accel/kvm/kvm-all.c at the seed) -------------------------------------------------
+
+    def kvm_add_msi_route(self, vector: int) -> int:
+        self.kvm_routes.append(vector)
+        self.kvm_routes.sort()
+        return vector
+
+    def kvm_release_virq(self, virq: int) -> None:
+        if virq in self.kvm_routes:
+            self.kvm_routes.remove(virq)
+
+    def kvm_add_irqfd(self, d: int, virq: int) -> int:
+        """KVM_IRQFD assign: -EBADF for a closed or non-eventfd fd, -EBUSY if already attached."""
+        if d == ZEROED or not self.world.is_open(d):
+            return -9
+        obj = self.world.fds[d]
+        assert obj is not None
+        for _, other in self.irqfds:
+            entry = self.world.fds[other]
+            if entry is not None and entry.obj == obj.obj:
+                return -16
+        self.irqfds.append((virq, d))
+        self.irqfds.sort()
+        return 0
+
+    def kvm_remove_irqfd(self, d: int, virq: int) -> int:
+        """KVM_IRQFD deassign: -EBADF for a bad fd; otherwise 0, attached or not."""
+        if d == ZEROED or not self.world.is_open(d):
+            return -9
+        if (virq, d) in self.irqfds:
+            self.irqfds.remove((virq, d))
+        return 0
+
+    # -- the main loop's fd handlers (qemu_set_fd_handler) --------------------------------------
+
+    def set_fd_handler(self, d: int, vector: int) -> None:
+        self.fd_handlers = [h for h in self.fd_handlers if h[0] != d]
+        self.fd_handlers.append((d, vector))
+        self.fd_handlers.sort()

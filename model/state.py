@@ -1,0 +1,235 @@
+"""The frozen, hashable state (design §2).
+
+A state is a tree of frozen slotted dataclasses and tuples: the explorer stores millions of them,
+Hypothesis compares them, replay rebuilds them.  Field names are QEMU's (``nb_eventfds``,
+``msi_vectors``, ``msg_buffered_bytes``) so a reader can hold the seed beside the model.
+
+Heap blocks the seed allocates (``peers``, each ``peers[i].eventfds``, ``msi_vectors``, the MSI-X
+table) carry a lifetime: ``NULL`` (never allocated), ``LIVE`` or ``FREED``.  Sparse arrays are
+tuples of ``(index, value)`` pairs, sorted, default values left out: a device with ``vectors``
+= 65537 costs as little as one with 1, and two equal arrays have one representation.
+
+File descriptors: ``fds[d]`` is one descriptor, a process's handle on the object ``objects[o]``
+(an eventfd or a shared-memory file).  Device fields hold descriptor numbers, as C holds ints.
+A descriptor is reused only once nothing refers to it, so a stale number in device state keeps
+meaning "that closed descriptor" and its use is caught.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from model.actions import Config
+    from model.variants import Variant
+
+# Heap-block lifetimes.
+NULL = "null"
+LIVE = "live"
+FREED = "freed"
+
+# A descriptor owned by nobody yet: in a socket buffer on its way to an endpoint.
+IN_FLIGHT = -1
+# The descriptor number of a zeroed EventNotifier (g_new0): fd 0, the process's stdin.
+ZEROED = -1
+
+# Feature bits (seed 43-44).
+IVSHMEM_IOEVENTFD = 0
+IVSHMEM_MSI = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Fate:
+    """How an endpoint's process ended: ``aborted`` (a C assert), ``crashed`` (a bad memory
+    access: ``null_deref``, ``use_after_free``, ``double_free``, ``out_of_bounds``) or
+    ``failed`` (realize error or exit(1), with QEMU's text)."""
+
+    kind: str
+    reason: str
+    line: int = 0  # the seed line; 0 when the failing code is elsewhere
+    where: str = ""  # that other place, e.g. "msix.c msix_fire_vector_notifier"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"fate": self.kind, "reason": self.reason}
+        if self.line:
+            out["line"] = self.line
+        if self.where:
+            out["where"] = self.where
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A violation that does not end the process (a write to a closed descriptor, a read of
+    stdin through a zeroed notifier, a close of a closed descriptor).  Sticky: kept in the
+    endpoint so that state properties can judge it."""
+
+    kind: str
+    detail: str
+    line: int  # the seed line; 0 when elsewhere (see ``where``)
+    where: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FileObject:
+    """A kernel object: an eventfd (``count`` = its counter, saturated at 1) or shared memory."""
+
+    kind: str
+    count: int = 0
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Fd:
+    """One descriptor: ``owner`` is an endpoint (its process) or ``IN_FLIGHT``."""
+
+    obj: int
+    owner: int
+    open: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """``Peer`` (seed 72-75): ``eventfds`` lists the descriptors stored in slots 0, 1, ...;
+    slots beyond the tuple are zeroed (``g_new0``); ``block`` is the array's lifetime."""
+
+    nb_eventfds: int = 0
+    eventfds: tuple[int, ...] = ()
+    block: str = LIVE
+
+
+DEFAULT_PEER = Peer()
+
+
+@dataclass(frozen=True, slots=True)
+class MSIVector:
+    """``MSIVector`` (seed 77-81); ``virq`` is the KVM route, named by the vector it serves."""
+
+    pdev: bool = False
+    virq: int = -1
+    unmasked: bool = False
+
+
+DEFAULT_MSI_VECTOR = MSIVector()
+
+
+@dataclass(frozen=True, slots=True)
+class Msix:
+    """The PCI core's MSI-X state (``hw/pci/msix.c``): bit masks indexed by vector."""
+
+    present: bool = False
+    entries_nr: int = 0
+    table: str = NULL  # lifetime of msix_table/msix_pba/msix_entry_used
+    enable: bool = False  # MSI-X Enable bit of the control word
+    maskall: bool = False  # Function Mask bit
+    function_masked: bool = True  # dev->msix_function_masked, stored as the C code stores it
+    masked: int = 0  # per-entry Mask bit of the vector-control word
+    pending: int = 0  # the PBA
+    used: int = 0  # msix_entry_used[v] != 0
+    notifiers: bool = False  # use/release notifiers installed
+    poll_notifier: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """``IVShmemState`` (seed 83-122), the part the model needs."""
+
+    type: str
+    features: int
+    vectors: int
+    vm_id: int = 0
+    master: str = "off"
+    intrmask: int = 0
+    intrstatus: int = 0
+    irq_level: int = 0  # INTx line as last set by pci_set_irq
+    interrupt_pin: int = 0
+    chardev: bool = False
+    hostmem: bool = False
+    legacy_size: int = -1  # SIZE_MAX is -1
+    peers_block: str = NULL
+    nb_peers: int = 0
+    peers: tuple[tuple[int, Peer], ...] = ()
+    msi_vectors_block: str = NULL
+    msi_vectors: tuple[tuple[int, MSIVector], ...] = ()
+    bar2: str = ""  # what s->ivshmem_bar2 points to: "", "hostmem" or "server"
+    bar2_fd: int = -1  # descriptor mapped as BAR2 (server mode)
+    bar2_size: int = 0
+    msg_buffered_bytes: int = 0
+    migration_blocker: bool = False
+    ioeventfds: tuple[tuple[int, int], ...] = ()  # (datamatch, descriptor), sorted
+    msix: Msix = Msix()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPeer:
+    """A peer as the contrib client records it: its id and the descriptors of its vectors."""
+
+    id: int
+    vectors: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """The contrib client's view (``ivshmem-client``): setup progress, own id, shm, peers."""
+
+    stage: int = 0  # 0: expects version, 1: expects id, 2: expects shm, 3: running
+    id: int = -1
+    shm_fd: int = -1
+    local: tuple[int, ...] = ()  # own vectors
+    peers: tuple[ClientPeer, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One process: a QEMU (``role`` "qemu", maybe with a device) or a plain client."""
+
+    connected: bool = False
+    role: str = ""  # "", "qemu" or "client"
+    fate: Fate | None = None
+    device: Device | None = None
+    unplugged: bool = False
+    client: Client | None = None
+    kvm_routes: tuple[int, ...] = ()  # multiset of virqs (one per route added)
+    irqfds: tuple[tuple[int, int], ...] = ()  # (virq, descriptor)
+    fd_handlers: tuple[tuple[int, int], ...] = ()  # (descriptor, vector): qemu_set_fd_handler
+    faults: tuple[Fault, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPeer:
+    """A peer of the contrib server: its endpoint, id and the objects of its eventfds."""
+
+    endpoint: int
+    id: int
+    eventfds: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    up: bool = True
+    cur_id: int = 0
+    shm_obj: int = -1
+    peers: tuple[ServerPeer, ...] = ()
+    ids_assigned: tuple[int, ...] = ()  # ids handed out, per connection, for id_unique
+
+
+Message = tuple[int, int]  # (value, descriptor or -1)
+
+
+@dataclass(frozen=True, slots=True)
+class SystemState:
+    server: Server
+    endpoints: tuple[Endpoint, ...]
+    channels: tuple[tuple[Message, ...], ...]
+    fds: tuple[Fd | None, ...]
+    objects: tuple[FileObject | None, ...]
+    config: Config = field(compare=False, hash=False, repr=False)
+    variant: Variant = field(compare=False, hash=False, repr=False)
+
+
+def sparse_get(pairs: tuple[tuple[int, Any], ...], index: int, default: Any) -> Any:
+    for key, value in pairs:
+        if key == index:
+            return value
+    return default

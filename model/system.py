@@ -1,0 +1,635 @@
+"""The composed system: server, endpoints, channels, descriptors.  ``step`` and ``enabled``.
+
+Theory of operation
+-------------------
+A :class:`~model.state.SystemState` is a frozen snapshot.  ``step(state, action)`` returns the
+next snapshot and the observations the action produced, or ``None`` when the action is not
+enabled in that state (``deliver`` on an empty channel, ``realize`` while the server has not
+yet sent all setup messages, anything on a dead process).  ``enabled(state)`` lists, in a fixed
+order, the actions a checker should try: the vocabulary instantiated with the configuration's
+menus (device choices, scripted messages, small vector and peer numbers).
+
+Rules that keep the model honest:
+
+1. All transition logic lives in ``model/``: device functions in ``device.py``, the MSI-X core
+   in ``msix.py``, servers and the client in ``server.py``.  This file only routes an action
+   to them and assembles the result; it knows no seed semantics of its own.
+2. ``step`` is pure: no I/O, no clock, no randomness.  Equal inputs give equal outputs.
+3. A process that aborts, crashes, hangs or fails keeps its fate in the state; properties judge
+   it.  Only ``disconnect`` (the process goes away) clears an endpoint, and the kernel then
+   closes every descriptor the process held.
+4. Descriptors are garbage-collected after each step once closed and referenced by nothing, so
+   states do not grow without bound; an *open* descriptor nobody refers to is a leak and stays
+   for ``fd_conservation`` to see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from model import device as dev
+from model import server as srv
+from model.actions import (
+    Action,
+    ClientNotify,
+    Config,
+    Connect,
+    Deliver,
+    Disconnect,
+    HandleIrq,
+    Migrate,
+    MmioRead,
+    MmioWrite,
+    MsixEnable,
+    MsixFunctionMask,
+    MsixMask,
+    PbaRead,
+    Realize,
+    Reset,
+    Ring,
+    ServerExit,
+    ServerSend,
+    Unplug,
+)
+from model.msix import msix_pba_mmio_read, msix_table_mmio_write
+from model.proc import Abort, Crash, Hang, Proc, World, WouldBlock, line_number, line_where
+from model.state import (
+    IVSHMEM_MSI,
+    Client,
+    Endpoint,
+    Fate,
+    FileObject,
+    Server,
+    SystemState,
+)
+from model.variants import SEED, Variant
+
+Observation = dict[str, Any]
+StepResult = tuple[SystemState, list[Observation]]
+
+
+def initial_state(config: Config, variant: Variant = SEED) -> SystemState:
+    world = World((), (), tuple(() for _ in range(config.endpoints)), True)
+    if config.server.policy == "contrib":
+        server = srv.contrib_start(world, config.server.shm_size)
+    else:
+        server = Server(up=True)
+    endpoints = tuple(
+        Endpoint(role="client" if e in config.clients else "qemu")
+        for e in range(config.endpoints)
+    )
+    return SystemState(
+        server=server,
+        endpoints=endpoints,
+        channels=tuple(tuple(c) for c in world.channels),
+        fds=tuple(world.fds),
+        objects=tuple(world.objects),
+        config=config,
+        variant=variant,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Assembling a step
+
+
+class Work:
+    """Everything one step may change, thawed; :meth:`commit` freezes it into a new state."""
+
+    def __init__(self, state: SystemState) -> None:
+        self.state = state
+        self.world = World(state.fds, state.objects, state.channels, state.server.up)
+        self.server = state.server
+        self.endpoints = list(state.endpoints)
+        self.obs: list[Observation] = []
+
+    def proc(self, e: int) -> Proc:
+        ep = self.endpoints[e]
+        return Proc(
+            self.world, e, self.state.variant, self.state.config.host.kvm_msi_irqfd,
+            ep.kvm_routes, ep.irqfds, ep.fd_handlers, ep.faults,
+        )
+
+    def store_proc(self, e: int, proc: Proc, **changes: Any) -> None:
+        self.endpoints[e] = replace(
+            self.endpoints[e],
+            kvm_routes=tuple(proc.kvm_routes),
+            irqfds=tuple(proc.irqfds),
+            fd_handlers=tuple(proc.fd_handlers),
+            faults=tuple(proc.faults),
+            **changes,
+        )
+        self.obs.extend(proc.obs)
+
+    def exit_process(self, e: int) -> None:
+        """The process is gone: the kernel closes its descriptors and its socket."""
+        for d, entry in enumerate(self.world.fds):
+            if entry is not None and entry.open and entry.owner == e:
+                self.world.close_fd(d)
+        for _, d in self.world.channels[e]:
+            if d >= 0:
+                self.world.close_fd(d)
+        self.world.channels[e] = []
+        self.endpoints[e] = Endpoint(role=self.endpoints[e].role)
+
+    def commit(self) -> StepResult:
+        state = SystemState(
+            server=self.server,
+            endpoints=tuple(self.endpoints),
+            channels=tuple(tuple(c) for c in self.world.channels),
+            fds=tuple(self.world.fds),
+            objects=tuple(self.world.objects),
+            config=self.state.config,
+            variant=self.state.variant,
+        )
+        return collect_garbage(state), self.obs
+
+
+def referenced_descriptors(state: SystemState) -> set[int]:
+    """Every descriptor number something in the state refers to."""
+    refs: set[int] = set()
+    for ep in state.endpoints:
+        refs.update(d for d, _ in ep.fd_handlers)
+        refs.update(d for _, d in ep.irqfds)
+        device = ep.device
+        if device is not None:
+            for _, peer in device.peers:
+                refs.update(peer.eventfds)
+            refs.update(d for _, d in device.ioeventfds)
+            refs.add(device.bar2_fd)
+        client = ep.client
+        if client is not None:
+            refs.add(client.shm_fd)
+            refs.update(client.local)
+            for cp in client.peers:
+                refs.update(cp.vectors)
+    for channel in state.channels:
+        refs.update(d for _, d in channel)
+    refs.discard(-1)
+    return refs
+
+
+def collect_garbage(state: SystemState) -> SystemState:
+    refs = referenced_descriptors(state)
+    fds = list(state.fds)
+    changed = False
+    for d, entry in enumerate(fds):
+        if entry is not None and not entry.open and d not in refs:
+            fds[d] = None
+            changed = True
+    live_objects = {entry.obj for entry in fds if entry is not None}
+    live_objects.add(state.server.shm_obj)
+    for peer in state.server.peers:
+        live_objects.update(peer.eventfds)
+    objects = list(state.objects)
+    for o, obj in enumerate(objects):
+        if obj is not None and o not in live_objects:
+            objects[o] = None
+            changed = True
+    if not changed:
+        return state
+    while fds and fds[-1] is None:
+        fds.pop()
+    while objects and objects[-1] is None:
+        objects.pop()
+    return replace(state, fds=tuple(fds), objects=tuple(objects))
+
+
+def _fate_of(exc: Abort | Crash | Hang) -> Fate:
+    if isinstance(exc, Abort):
+        return Fate("aborted", exc.reason, line_number(exc.line), line_where(exc.line))
+    if isinstance(exc, Crash):
+        return Fate("crashed", f"{exc.kind}: {exc.reason}", line_number(exc.line),
+                    line_where(exc.line))
+    return Fate("hung", exc.reason, exc.line)
+
+
+def _alive(ep: Endpoint) -> bool:
+    return ep.fate is None
+
+
+def _device_ready(ep: Endpoint) -> bool:
+    return ep.fate is None and ep.device is not None
+
+
+def _run_device(
+    state: SystemState, e: int, body: Callable[[dev.IVShmemState], None]
+) -> StepResult | None:
+    """Thaw endpoint ``e``'s device, run ``body`` on it, freeze.  ``None`` if not enabled."""
+    ep = state.endpoints[e]
+    if not _device_ready(ep):
+        return None
+    assert ep.device is not None
+    work = Work(state)
+    proc = work.proc(e)
+    s = dev.IVShmemState(proc, ep.device)
+    try:
+        body(s)
+    except WouldBlock:
+        return None
+    except (Abort, Crash, Hang) as exc:
+        fate = _fate_of(exc)
+        proc.obs.append(fate.to_json())
+        work.store_proc(e, proc, device=s.freeze(), fate=fate)
+        return work.commit()
+    work.store_proc(e, proc, device=s.freeze())
+    return work.commit()
+
+
+# ---------------------------------------------------------------------------------------------
+# One handler per action
+
+
+def _connect(state: SystemState, a: Connect) -> StepResult | None:
+    ep = state.endpoints[a.endpoint]
+    if ep.connected or not _alive(ep) or not state.server.up:
+        return None
+    work = Work(state)
+    client = Client() if ep.role == "client" else None
+    work.endpoints[a.endpoint] = replace(ep, connected=True, client=client)
+    if state.config.server.policy == "contrib":
+        server = srv.handle_new_conn(
+            work.server, work.world, a.endpoint, state.config.server.vectors, work.obs
+        )
+        if server is None:
+            work.obs.append({"error": "cannot allocate new client id"})
+            work.server = srv.server_close(work.server, work.world, work.obs)
+            work.world.server_up = False
+        else:
+            work.server = server
+    return work.commit()
+
+
+def _disconnect(state: SystemState, a: Disconnect) -> StepResult | None:
+    ep = state.endpoints[a.endpoint]
+    if not (ep.connected or ep.device is not None or ep.fate is not None or ep.unplugged):
+        return None
+    work = Work(state)
+    work.exit_process(a.endpoint)
+    if state.config.server.policy == "contrib" and state.server.up:
+        work.server = srv.free_peer(work.server, work.world, a.endpoint, work.obs)
+    return work.commit()
+
+
+def _server_send(state: SystemState, a: ServerSend) -> StepResult | None:
+    ep = state.endpoints[a.endpoint]
+    if state.config.server.policy != "scripted" or not state.server.up:
+        return None
+    if not ep.connected or not _alive(ep):
+        return None
+    work = Work(state)
+    obj: int | None = None
+    if a.fd == "eventfd":
+        obj = work.world.new_object(FileObject("eventfd"))
+    elif a.fd is not None:
+        size = a.shm_bytes if a.shm_bytes is not None else state.config.server.shm_size
+        obj = work.world.new_object(FileObject("shm", 0, size))
+    work.world.send(a.endpoint, a.value, obj)
+    work.obs.append(srv.send_obs(a.endpoint, a.value, a.fd))
+    return work.commit()
+
+
+def _server_exit(state: SystemState, a: ServerExit) -> StepResult | None:
+    if not state.server.up:
+        return None
+    work = Work(state)
+    if state.config.server.policy == "contrib":
+        work.server = srv.server_close(work.server, work.world, work.obs)
+    else:
+        work.server = replace(work.server, up=False)
+    work.world.server_up = False
+    return work.commit()
+
+
+def _realize(state: SystemState, a: Realize) -> StepResult | None:
+    ep = state.endpoints[a.endpoint]
+    if ep.role != "qemu" or not _alive(ep) or ep.device is not None:
+        return None
+    chardev = a.prop("chardev") is True
+    if chardev and not ep.connected:
+        return None
+    work = Work(state)
+    proc = work.proc(a.endpoint)
+    try:
+        s, error = dev.realize_device(proc, a.device, dict(a.props))
+    except WouldBlock:
+        return None
+    except (Abort, Crash, Hang) as exc:
+        fate = _fate_of(exc)
+        proc.obs.append(fate.to_json())
+        work.store_proc(a.endpoint, proc, fate=fate)
+        return work.commit()
+    if s is None:
+        fate = Fate("failed", error or "")
+        proc.obs.append({"error": error})
+        proc.obs.append(fate.to_json())
+        work.store_proc(a.endpoint, proc, fate=fate)
+        return work.commit()
+    work.store_proc(a.endpoint, proc, device=s.freeze(), unplugged=False)
+    return work.commit()
+
+
+def _deliver(state: SystemState, a: Deliver) -> StepResult | None:
+    ep = state.endpoints[a.endpoint]
+    channel = state.channels[a.endpoint]
+    if not channel or not _alive(ep):
+        return None
+    if ep.role == "client":
+        return _client_deliver(state, a.endpoint)
+    if ep.device is None or not ep.device.chardev:
+        return None
+
+    def body(s: dev.IVShmemState) -> None:
+        msg, fd = s.proc.world.channels[a.endpoint].pop(0)
+        if fd >= 0:
+            s.proc.world.give(fd, a.endpoint)
+        dev.ivshmem_read(s, msg, fd)
+
+    return _run_device(state, a.endpoint, body)
+
+
+def _client_deliver(state: SystemState, e: int) -> StepResult | None:
+    ep = state.endpoints[e]
+    if ep.client is None:
+        return None
+    work = Work(state)
+    value, fd = work.world.channels[e].pop(0)
+    if fd >= 0:
+        work.world.give(fd, e)
+    client, error = srv.client_handle_msg(ep.client, value, fd)
+    if error is not None:
+        fate = Fate("failed", error)
+        work.obs.extend([{"error": error}, fate.to_json()])
+        work.endpoints[e] = replace(ep, fate=fate)
+    else:
+        work.endpoints[e] = replace(ep, client=client)
+    return work.commit()
+
+
+def _mmio_read(state: SystemState, a: MmioRead) -> StepResult | None:
+    def body(s: dev.IVShmemState) -> None:
+        s.proc.obs.append({"read": dev.memory_region_dispatch_read(s, a.offset, a.size)})
+
+    return _run_device(state, a.endpoint, body)
+
+
+def _mmio_write(state: SystemState, a: MmioWrite) -> StepResult | None:
+    ioeventfd_host = state.config.host.ioeventfd
+
+    def body(s: dev.IVShmemState) -> None:
+        dev.memory_region_dispatch_write(s, a.offset, a.value, a.size, ioeventfd_host)
+
+    return _run_device(state, a.endpoint, body)
+
+
+def _ring(state: SystemState, a: Ring) -> StepResult | None:
+    return _mmio_write(
+        state, MmioWrite(a.endpoint, int(dev.Reg.DOORBELL), (a.peer << 16) | a.vector, 4)
+    )
+
+
+def _has_msix(state: SystemState, e: int) -> bool:
+    device = state.endpoints[e].device
+    return device is not None and device.msix.present
+
+
+def _msix_enable(state: SystemState, a: MsixEnable) -> StepResult | None:
+    if not _has_msix(state, a.endpoint):
+        return None
+    return _run_device(state, a.endpoint, lambda s: dev.ivshmem_write_config(s, enable=a.enabled))
+
+
+def _msix_function_mask(state: SystemState, a: MsixFunctionMask) -> StepResult | None:
+    if not _has_msix(state, a.endpoint):
+        return None
+    return _run_device(
+        state, a.endpoint, lambda s: dev.ivshmem_write_config(s, maskall=a.masked)
+    )
+
+
+def _msix_mask(state: SystemState, a: MsixMask) -> StepResult | None:
+    device = state.endpoints[a.endpoint].device
+    if device is None or not device.msix.present or a.vector >= device.msix.entries_nr:
+        return None
+    return _run_device(state, a.endpoint, lambda s: msix_table_mmio_write(s, a.vector, a.masked))
+
+
+def _pba_read(state: SystemState, a: PbaRead) -> StepResult | None:
+    device = state.endpoints[a.endpoint].device
+    if device is None or not device.msix.present:
+        return None
+    if a.offset >= -(-device.msix.entries_nr // 64) * 8:
+        return None  # outside the PBA region
+
+    def body(s: dev.IVShmemState) -> None:
+        s.proc.obs.append({"read": msix_pba_mmio_read(s, a.offset)})
+
+    return _run_device(state, a.endpoint, body)
+
+
+def _readable(state: SystemState, d: int) -> bool:
+    entry = state.fds[d] if 0 <= d < len(state.fds) else None
+    if entry is None or not entry.open:
+        return False
+    obj = state.objects[entry.obj]
+    return obj is not None and obj.kind == "eventfd" and obj.count > 0
+
+
+def _own_slot(ep: Endpoint, vector: int) -> int:
+    device = ep.device
+    if device is None:
+        return -1
+    for posn, peer in device.peers:
+        if posn == device.vm_id and vector < len(peer.eventfds):
+            return peer.eventfds[vector]
+    return -1
+
+
+def _irqfd_for(state: SystemState, ep: Endpoint, d: int) -> int | None:
+    """The virq of an irqfd attached to the object behind descriptor ``d``."""
+    entry = state.fds[d] if 0 <= d < len(state.fds) else None
+    if entry is None:
+        return None
+    for virq, other in ep.irqfds:
+        oentry = state.fds[other] if 0 <= other < len(state.fds) else None
+        if oentry is not None and oentry.obj == entry.obj and oentry.open:
+            return virq
+    return None
+
+
+def _handle_irq(state: SystemState, a: HandleIrq) -> StepResult | None:
+    ep = state.endpoints[a.endpoint]
+    if not _alive(ep):
+        return None
+    if ep.role == "client":
+        client = ep.client
+        if client is None or a.vector >= len(client.local):
+            return None
+        d = client.local[a.vector]
+        if not _readable(state, d):
+            return None
+        work = Work(state)
+        work.world.drain(d)
+        work.obs.append({"irq": a.vector})
+        return work.commit()
+    d = _own_slot(ep, a.vector)
+    if d < 0 or not _readable(state, d):
+        return None
+    virq = _irqfd_for(state, ep, d)
+    if virq is not None:
+        # KVM's irqfd consumes the counter and injects the route's MSI, if the route exists.
+        work = Work(state)
+        work.world.drain(d)
+        if virq in ep.kvm_routes:
+            work.obs.append({"msi": virq})
+        return work.commit()
+    handler = next((v for fd, v in ep.fd_handlers if fd == d), None)
+    if handler is None or ep.device is None:
+        return None
+    return _run_device(state, a.endpoint, lambda s: dev.ivshmem_vector_notify(s, handler))
+
+
+def _client_notify(state: SystemState, a: ClientNotify) -> StepResult | None:
+    ep = state.endpoints[a.endpoint]
+    if ep.role != "client" or not _alive(ep) or ep.client is None:
+        return None
+    d = srv.client_vector_fd(ep.client, a.peer, a.vector)
+    if d is None:
+        return None
+    work = Work(state)
+    if work.world.is_open(d):
+        work.world.signal(d)
+    return work.commit()
+
+
+def _reset(state: SystemState, a: Reset) -> StepResult | None:
+    def body(s: dev.IVShmemState) -> None:
+        dev.ivshmem_reset(s)
+        dev.pci_do_device_reset(s)
+
+    return _run_device(state, a.endpoint, body)
+
+
+def _unplug(state: SystemState, a: Unplug) -> StepResult | None:
+    result = _run_device(state, a.endpoint, dev.ivshmem_exit)
+    if result is None:
+        return None
+    after, obs = result
+    ep = after.endpoints[a.endpoint]
+    if ep.fate is not None:
+        return result
+    endpoints = list(after.endpoints)
+    endpoints[a.endpoint] = replace(ep, device=None, unplugged=True)
+    return collect_garbage(replace(after, endpoints=tuple(endpoints))), obs
+
+
+def _migrate(state: SystemState, a: Migrate) -> StepResult | None:
+    ep = state.endpoints[a.endpoint]
+    if not _device_ready(ep):
+        return None
+    assert ep.device is not None
+    if ep.device.migration_blocker:
+        work = Work(state)
+        work.obs.append({"error": dev.MIGRATION_BLOCKER_TEXT})
+        return work.commit()
+    return _run_device(state, a.endpoint, dev.ivshmem_migrate)
+
+
+HANDLERS: dict[type[Action], Callable[[SystemState, Any], StepResult | None]] = {
+    Connect: _connect,
+    Disconnect: _disconnect,
+    ServerSend: _server_send,
+    ServerExit: _server_exit,
+    Realize: _realize,
+    Deliver: _deliver,
+    MmioRead: _mmio_read,
+    MmioWrite: _mmio_write,
+    Ring: _ring,
+    MsixEnable: _msix_enable,
+    MsixFunctionMask: _msix_function_mask,
+    MsixMask: _msix_mask,
+    PbaRead: _pba_read,
+    HandleIrq: _handle_irq,
+    ClientNotify: _client_notify,
+    Reset: _reset,
+    Unplug: _unplug,
+    Migrate: _migrate,
+}
+
+
+def step(state: SystemState, action: Action) -> StepResult | None:
+    """The next state and the observations, or ``None`` if ``action`` is not enabled."""
+    endpoint = getattr(action, "endpoint", 0)
+    if not 0 <= endpoint < len(state.endpoints):
+        return None
+    return HANDLERS[type(action)](state, action)
+
+
+# ---------------------------------------------------------------------------------------------
+# Enabled actions
+
+
+def candidates(state: SystemState) -> Iterator[Action]:
+    """The vocabulary instantiated with the configuration's menus, in a fixed order."""
+    config = state.config
+    if state.server.up:
+        yield ServerExit()
+    for e, ep in enumerate(state.endpoints):
+        yield Connect(e)
+        yield Disconnect(e)
+        if config.server.policy == "scripted":
+            for value, fd in config.server.messages:
+                yield ServerSend(e, value, fd)
+        if state.channels[e]:
+            yield Deliver(e)
+        if ep.role == "client":
+            client = ep.client
+            if client is not None:
+                for vector in range(len(client.local)):
+                    yield HandleIrq(e, vector)
+                for peer in (*client.peers, None):
+                    pid, count = (client.id, len(client.local)) if peer is None else (
+                        peer.id, len(peer.vectors))
+                    for vector in range(count):
+                        yield ClientNotify(e, pid, vector)
+            continue
+        device = ep.device
+        if device is None:
+            for name, props in config.realize_menu():
+                yield Realize(e, name, props)
+            continue
+        yield MmioRead(e, int(dev.Reg.IVPOSITION), 4)
+        if device.interrupt_pin and not device.features & (1 << IVSHMEM_MSI):
+            yield MmioRead(e, int(dev.Reg.INTRSTATUS), 4)
+            yield MmioWrite(e, int(dev.Reg.INTRMASK), 0xFFFFFFFF, 4)
+        for dest in range(config.endpoints):
+            for vector in range(min(device.vectors, 2) + 1 if device.vectors else 1):
+                yield Ring(e, dest, vector)
+        if device.msix.present:
+            yield MsixEnable(e, not device.msix.enable)
+            yield MsixFunctionMask(e, not device.msix.maskall)
+            for vector in range(min(device.msix.entries_nr, 4)):
+                yield MsixMask(e, vector, not device.msix.masked >> vector & 1)
+            yield PbaRead(e, 0)
+        for vector in range(min(device.vectors, 4)):
+            yield HandleIrq(e, vector)
+        yield Reset(e)
+        yield Unplug(e)
+        yield Migrate(e)
+
+
+def enabled(state: SystemState) -> list[Action]:
+    """The candidate actions that are enabled in ``state``, in a fixed order."""
+    return [a for a in candidates(state) if step(state, a) is not None]
+
+
+def successors(state: SystemState) -> list[tuple[Action, SystemState, list[Observation]]]:
+    """Each enabled action with its result (one ``step`` per candidate)."""
+    out = []
+    for action in candidates(state):
+        result = step(state, action)
+        if result is not None:
+            out.append((action, result[0], result[1]))
+    return out

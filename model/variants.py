@@ -1,0 +1,162 @@
+"""Named behaviour differences (design §4).
+
+A :class:`Variant` is a set of flags; every flag is off in ``seed``.  Each flag says which commit
+(or which proposal of ours) it stands for and which seed lines it changes, so the model of the
+seed itself stays a line-by-line mirror and every difference is a named, cited switch.
+
+To add a flag: add a field with :func:`flag`, test it where the seed line is mirrored, and list
+it in the variants that carry it.  The corpus issue adds ``before-<commit>`` variants the same
+way, by flags that *revert* a fix present in the seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+def flag(commit: str, lines: str, why: str) -> Any:
+    """A variant flag, off by default, with its provenance."""
+    return field(default=False, metadata={"commit": commit, "lines": lines, "why": why})
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str = "seed"
+
+    # --- QEMU 7.2 (facts §8) -----------------------------------------------------------------
+    no_legacy_device: bool = flag(
+        "5a0e75f0a9ad", "1256-1358",
+        "the legacy 'ivshmem' device (INTx, msi=off, shm=, size=, role=) was removed in 4.0",
+    )
+    msix_range_asserts: bool = flag(
+        "15377f6e79cc", "msix.c msix_vector_use/msix_notify",
+        "msix_vector_use, msix_vector_unuse, msix_notify and msix_set_mask assert that the "
+        "vector is in range where the seed-era code returned silently",
+    )
+    msix_rollback_clears_poll: bool = flag(
+        "2d37fe9e5e61", "msix.c msix_set_vector_notifiers",
+        "a failed msix_set_vector_notifiers also clears the poll notifier",
+    )
+    msix_pba_poll_range: bool = flag(
+        "42e2a7a0ab23", "msix.c msix_pba_mmio_read",
+        "a PBA read at a non-zero offset polls the vectors it actually reads",
+    )
+    event_notifier_initialized: bool = flag(
+        "e34e47eb28c0", "382, 436",
+        "EventNotifier gained an 'initialized' flag: test-and-clear and cleanup of a zeroed "
+        "notifier no longer touch fd 0",
+    )
+
+    # --- later upstream fixes ----------------------------------------------------------------
+    shm_message_needs_fd: bool = flag(
+        "8ccd35f25cdf", "523-528, 603",
+        "a shared-memory message without fd is rejected explicitly, and an invalid message "
+        "closes its fd only if one came with it",
+    )
+    msix_nentries_uint32: bool = flag(
+        "ef44cc0a7624", "782 (msix_init_exclusive_bar)",
+        "msix_init took an 'unsigned short' nentries, so vectors >= 65536 were truncated",
+    )
+
+    # --- our corrections (the 'fixed' variant) -----------------------------------------------
+    keep_peer_eventfds_array: bool = flag(
+        "proposed", "439, 1001-1005",
+        "close_peer_eventfds frees peers[posn].eventfds but keeps the pointer: a later connect "
+        "with that id writes freed memory (584) and ivshmem_exit frees it again (439). Keep the "
+        "array until ivshmem_exit",
+    )
+    msi_vectors_before_recv_setup: bool = flag(
+        "proposed", "393, 779, 930",
+        "msi_vectors is allocated after ivshmem_recv_setup, but the setup loop accepts the "
+        "own-vector eventfds in any order and watch_vector_notifier dereferences it: allocate "
+        "it first",
+    )
+    resize_peers_for_own_id: bool = flag(
+        "proposed", "721, 812, 848, 376",
+        "vm_id may be >= nb_peers when no own eventfd arrived (ID >= 16, server -n 0); "
+        "s->peers[s->vm_id] then reads past the array: grow peers[] for the own id",
+    )
+    unmask_without_route_ok: bool = flag(
+        "proposed", "321-324",
+        "ivshmem_vector_unmask returns -EINVAL for a vector without route, and the MSI-X core "
+        "asserts ret >= 0 on a table unmask: treat a route-less vector as nothing to do",
+    )
+    setup_interrupt_balanced: bool = flag(
+        "proposed", "500-504",
+        "setup_interrupt attaches an irqfd without setting v->unmasked, and does so even when "
+        "the vector notifiers are not installed: do it only through the notifiers' bookkeeping",
+    )
+    exit_disables_irqfd: bool = flag(
+        "proposed", "970-1013",
+        "ivshmem_exit leaves KVM routes and irqfds behind when MSI-X is still enabled",
+    )
+    exit_leaves_fd_to_ramblock: bool = flag(
+        "proposed", "985-991",
+        "ivshmem_exit calls munmap with length 0 (the '== -1' is inside the call) and closes "
+        "the BAR2 fd, which the RAM block closes again in reclaim_ramblock: leave both to the "
+        "RAM block",
+    )
+    recv_msg_eof_is_error: bool = flag(
+        "proposed", "660-672",
+        "on a closed socket qemu_chr_fe_read_all returns 0 and ivshmem_recv_msg loops forever: "
+        "realize spins when the server went away (e.g. a re-plug after server exit); fail "
+        "with an error instead",
+    )
+    vector_poll_connected_only: bool = flag(
+        "proposed", "373-385",
+        "ivshmem_vector_poll test-and-clears every vector below s->vectors, including zeroed "
+        "notifiers (fd 0, stdin) for vectors the server never connected",
+    )
+
+    def flags(self) -> dict[str, bool]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+
+    def describe(self) -> list[dict[str, str]]:
+        """The flags that are on, with their provenance."""
+        return [
+            {"flag": f.name, **{k: str(v) for k, v in f.metadata.items()}}
+            for f in fields(self)
+            if f.name != "name" and getattr(self, f.name)
+        ]
+
+
+SEED = Variant("seed")
+
+QEMU_7_2 = Variant(
+    "qemu-7.2",
+    no_legacy_device=True,
+    msix_range_asserts=True,
+    msix_rollback_clears_poll=True,
+    msix_pba_poll_range=True,
+    event_notifier_initialized=True,
+)
+
+FIXED = replace(
+    QEMU_7_2,
+    name="fixed",
+    no_legacy_device=False,
+    shm_message_needs_fd=True,
+    msix_nentries_uint32=True,
+    keep_peer_eventfds_array=True,
+    msi_vectors_before_recv_setup=True,
+    resize_peers_for_own_id=True,
+    unmask_without_route_ok=True,
+    setup_interrupt_balanced=True,
+    exit_disables_irqfd=True,
+    exit_leaves_fd_to_ramblock=True,
+    vector_poll_connected_only=True,
+    recv_msg_eof_is_error=True,
+)
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (SEED, QEMU_7_2, FIXED)}
+
+
+def get_variant(name: str) -> Variant:
+    """The variant called ``name``; a ``KeyError`` lists the known names."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown variant {name!r}; known variants: {', '.join(VARIANTS)}"
+        ) from None

@@ -1,0 +1,257 @@
+"""The property registry (design §5.1): one name, one plain-words meaning, one check.
+
+Safety properties (``always``) take a state and return ``None`` or a message naming what is
+wrong.  ``sometimes`` properties take a transition (the observations of one step) and say
+whether it is a witness; a checker that explores the whole space reports them unreached when
+no transition is a witness, so a model that can do nothing fails.
+
+The checks read the state only; they never call ``step``.  Names are stable: counterexample
+files and the command line use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from model.state import IN_FLIGHT, IVSHMEM_MSI, Endpoint, SystemState
+from model.system import referenced_descriptors
+
+Observation = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Property:
+    name: str
+    expectation: str  # "always" or "sometimes"
+    doc: str
+    check: Callable[[SystemState], str | None] | None = None
+    witness: Callable[[list[Observation]], bool] | None = None
+
+
+def _running(state: SystemState) -> Iterator[tuple[int, Endpoint]]:
+    for e, ep in enumerate(state.endpoints):
+        if ep.fate is None:
+            yield e, ep
+
+
+def _at(line: int, where: str) -> str:
+    return f"seed {line}" if line else where or "an unknown place"
+
+
+def _crash_of(state: SystemState, kinds: tuple[str, ...]) -> str | None:
+    for e, ep in enumerate(state.endpoints):
+        fate = ep.fate
+        if fate is not None and fate.kind == "crashed" and fate.reason.split(":", 1)[0] in kinds:
+            return f"endpoint {e} crashed at {_at(fate.line, fate.where)}: {fate.reason}"
+    return None
+
+
+def vector_bounds(state: SystemState) -> str | None:
+    """Every index into ``msi_vectors``, the MSI-X table, the PBA, the ``peers`` array and the
+    peers' eventfd arrays is below its allocation.  An out-of-range index reads or writes
+    memory that belongs to something else."""
+    return _crash_of(state, ("out_of_bounds",))
+
+
+def memory_safety(state: SystemState) -> str | None:
+    """No read or write through a NULL or freed pointer, and no block freed twice."""
+    return _crash_of(state, ("null_deref", "use_after_free", "double_free"))
+
+
+def no_abort(state: SystemState) -> str | None:
+    """No C ``assert`` fails: QEMU never aborts, whatever the server sends or the guest does."""
+    for e, ep in enumerate(state.endpoints):
+        if ep.fate is not None and ep.fate.kind == "aborted":
+            return f"endpoint {e} aborted at {_at(ep.fate.line, ep.fate.where)}: {ep.fate.reason}"
+    return None
+
+
+def no_hang(state: SystemState) -> str | None:
+    """No QEMU spins forever (a synchronous read on a closed connection)."""
+    for e, ep in enumerate(state.endpoints):
+        if ep.fate is not None and ep.fate.kind == "hung":
+            return f"endpoint {e} hangs at seed {ep.fate.line}: {ep.fate.reason}"
+    return None
+
+
+def _irqfd_mode(state: SystemState, ep: Endpoint) -> bool:
+    device = ep.device
+    return (
+        device is not None
+        and state.config.host.kvm_msi_irqfd
+        and bool(device.features & (1 << IVSHMEM_MSI))
+    )
+
+
+def mask_balance(state: SystemState) -> str | None:
+    """With KVM irqfds, a vector's ``unmasked`` flag holds exactly when an irqfd is attached
+    for it; unmask and mask notifiers alternate (a second unmask or a stray mask would trip
+    an assert, which ``no_abort`` reports).  Without a device, no irqfd is left attached."""
+    for e, ep in _running(state):
+        attached = sorted(virq for virq, _ in ep.irqfds)
+        if len(set(attached)) != len(attached):
+            return f"endpoint {e}: more than one irqfd on a route: {attached}"
+        device = ep.device
+        flagged = sorted(v for v, mv in device.msi_vectors if mv.unmasked) if device else []
+        if attached != flagged:
+            return (
+                f"endpoint {e}: irqfds attached for vectors {attached} but unmasked "
+                f"flags set for {flagged}"
+            )
+    return None
+
+
+def route_balance(state: SystemState) -> str | None:
+    """A KVM MSI route exists exactly when the vector's ``pdev`` is set (irqfd mode), and none
+    is left once MSI-X is disabled, the device reset or unplugged."""
+    for e, ep in _running(state):
+        device = ep.device
+        routes = list(ep.kvm_routes)
+        if device is None or not _irqfd_mode(state, ep):
+            if routes:
+                where = "after unplug" if device is None else "without irqfd"
+                return f"endpoint {e}: KVM routes {routes} left {where}"
+            continue
+        if len(set(routes)) != len(routes):
+            return f"endpoint {e}: a vector has more than one KVM route: {routes}"
+        with_pdev = sorted(v for v, mv in device.msi_vectors if mv.pdev)
+        if routes != with_pdev:
+            return f"endpoint {e}: KVM routes {routes} but pdev set for vectors {with_pdev}"
+        if routes and not (device.msix.present and device.msix.enable):
+            return f"endpoint {e}: KVM routes {routes} left while MSI-X is disabled"
+    return None
+
+
+def fd_conservation(state: SystemState) -> str | None:
+    """Every descriptor a live process holds is referenced by its state (no leak), and no
+    process closes, reads or writes a descriptor it does not hold (no double close, no use of
+    a stale descriptor, no use of fd 0 through a zeroed notifier)."""
+    for e, ep in _running(state):
+        for fault in ep.faults:
+            if fault.kind == "fd_misuse":
+                return f"endpoint {e} at {_at(fault.line, fault.where)}: {fault.detail}"
+    refs = referenced_descriptors(state)
+    for d, entry in enumerate(state.fds):
+        if entry is None or not entry.open or d in refs or entry.owner == IN_FLIGHT:
+            continue
+        owner = state.endpoints[entry.owner]
+        if owner.fate is None and (owner.connected or owner.device is not None):
+            return f"endpoint {entry.owner} leaks descriptor {d}"
+    return None
+
+
+def _server_ids(state: SystemState) -> dict[int, int]:
+    return {p.endpoint: p.id for p in state.server.peers}
+
+
+def peer_view(state: SystemState) -> str | None:
+    """Once a device has read every message queued for it, it knows the same peers as the
+    contrib server: ``min(N, vectors)`` eventfds for each connected peer (itself included),
+    none for any other id."""
+    if state.config.server.policy != "contrib":
+        return None
+    ids = _server_ids(state)
+    n = state.config.server.vectors
+    for e, ep in _running(state):
+        device = ep.device
+        if device is None or not device.chardev or state.channels[e] or e not in ids:
+            continue
+        expected = {pid: min(n, device.vectors) for pid in ids.values()}
+        known = {posn: p.nb_eventfds for posn, p in device.peers if p.nb_eventfds}
+        expected = {pid: count for pid, count in expected.items() if count}
+        if known != expected:
+            return f"endpoint {e} knows peers {known}, the server has {expected}"
+    return None
+
+
+def id_unique(state: SystemState) -> str | None:
+    """No two live devices on one server have the same ID."""
+    seen: dict[int, int] = {}
+    for e, ep in _running(state):
+        device = ep.device
+        if device is None or not device.chardev:
+            continue
+        if device.vm_id in seen:
+            return f"endpoints {seen[device.vm_id]} and {e} both have id {device.vm_id}"
+        seen[device.vm_id] = e
+    return None
+
+
+def ivposition(state: SystemState) -> str | None:
+    """IVPOSITION reads the ID the server assigned to this endpoint."""
+    if state.config.server.policy != "contrib":
+        return None
+    ids = _server_ids(state)
+    for e, ep in _running(state):
+        device = ep.device
+        if device is None or not device.chardev or e not in ids:
+            continue
+        if device.vm_id != ids[e]:
+            return f"endpoint {e} reads IVPOSITION {device.vm_id}, the server assigned {ids[e]}"
+    return None
+
+
+def intx_rule(state: SystemState) -> str | None:
+    """Only a device without MSI that has an interrupt pin drives INTx, and its line is high
+    exactly when ``intrstatus & intrmask`` is non-zero."""
+    for e, ep in _running(state):
+        device = ep.device
+        if device is None:
+            continue
+        uses_intx = device.interrupt_pin and not device.features & (1 << IVSHMEM_MSI)
+        want = 1 if uses_intx and device.intrstatus & device.intrmask else 0
+        if device.irq_level != want:
+            return f"endpoint {e}: INTx level {device.irq_level}, expected {want}"
+    return None
+
+
+def master_unique(state: SystemState) -> str | None:
+    """At most one live device on a server is the migration master."""
+    masters = [
+        e for e, ep in _running(state)
+        if ep.device is not None and ep.device.chardev and ep.device.master == "on"
+    ]
+    if len(masters) > 1:
+        return f"endpoints {masters} are all masters"
+    return None
+
+
+def _has(kind: str) -> Callable[[list[Observation]], bool]:
+    return lambda obs: any(kind in o for o in obs)
+
+
+PROPERTIES: tuple[Property, ...] = (
+    Property("vector_bounds", "always", vector_bounds.__doc__ or "", check=vector_bounds),
+    Property("mask_balance", "always", mask_balance.__doc__ or "", check=mask_balance),
+    Property("route_balance", "always", route_balance.__doc__ or "", check=route_balance),
+    Property("memory_safety", "always", memory_safety.__doc__ or "", check=memory_safety),
+    Property("no_abort", "always", no_abort.__doc__ or "", check=no_abort),
+    Property("fd_conservation", "always", fd_conservation.__doc__ or "", check=fd_conservation),
+    Property("peer_view", "always", peer_view.__doc__ or "", check=peer_view),
+    Property("id_unique", "always", id_unique.__doc__ or "", check=id_unique),
+    Property("ivposition", "always", ivposition.__doc__ or "", check=ivposition),
+    Property("intx_rule", "always", intx_rule.__doc__ or "", check=intx_rule),
+    Property("master_unique", "always", master_unique.__doc__ or "", check=master_unique),
+    Property("no_hang", "always", no_hang.__doc__ or "", check=no_hang),
+    Property(
+        "doorbell_reaches_msi", "sometimes",
+        "Some step delivers an MSI to a guest: the model can ring a doorbell end to end.",
+        witness=_has("msi"),
+    ),
+)
+
+SAFETY: tuple[Property, ...] = tuple(p for p in PROPERTIES if p.expectation == "always")
+BY_NAME: dict[str, Property] = {p.name: p for p in PROPERTIES}
+
+
+def violations(state: SystemState) -> list[tuple[str, str]]:
+    """Every safety property ``state`` violates, as ``(name, message)``."""
+    out = []
+    for prop in SAFETY:
+        assert prop.check is not None
+        message = prop.check(state)
+        if message is not None:
+            out.append((prop.name, message))
+    return out

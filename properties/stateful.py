@@ -1,0 +1,130 @@
+"""Hypothesis stateful testing over the model (design §5.2).
+
+``machine_for(config, variant)`` builds a ``RuleBasedStateMachine`` with one rule per action
+type, named after the action (``state.ring(...)`` reads like the vocabulary), drawn only among
+the actions enabled in the current state, and one ``@invariant`` per safety property of the
+registry.  A failing run leaves its (shrunk) trace in ``machine.last_failure`` so callers can
+write it as a counterexample file.
+
+Profiles: ``ci`` (fast, derandomized: the same run every time) and ``deep`` (long campaigns;
+set ``HYPOTHESIS_DATABASE`` to a directory shared between machines).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from model.actions import ACTION_TYPES, Action, Config
+from model.system import initial_state, successors
+from model.variants import Variant
+from properties.invariants import SAFETY, Property
+
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    stateful_step_count=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+settings.register_profile(
+    "deep",
+    max_examples=2000,
+    stateful_step_count=60,
+    deadline=None,
+    database=DirectoryBasedExampleDatabase(
+        os.environ.get("HYPOTHESIS_DATABASE", ".hypothesis/examples")
+    ),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    property: str
+    message: str
+    steps: tuple[Action, ...]
+
+
+class FailureBox:
+    """Where a machine class leaves its last failing trace (Hypothesis replays the shrunk
+    example last, so the last one written is the minimal one)."""
+
+    def __init__(self) -> None:
+        self.failure: Failure | None = None
+
+
+def _rule_for(name: str) -> Any:
+    @precondition(lambda self: any(a.name == name for a, _, _ in self.successors))
+    @rule(data=st.data())
+    def act(self: Any, data: Any) -> None:
+        options = [(a, s) for a, s, _ in self.successors if a.name == name]
+        action, state = data.draw(st.sampled_from(options), label=name)
+        self.apply(action, state)
+
+    act.__name__ = name
+    return act
+
+
+def _invariant_for(prop: Property) -> Any:
+    @invariant()
+    def check(self: Any) -> None:
+        assert prop.check is not None
+        message = prop.check(self.state)
+        if message is not None:
+            self.box.failure = Failure(prop.name, message, tuple(self.trace))
+            raise AssertionError(f"{prop.name}: {message}")
+
+    check.__name__ = f"invariant_{prop.name}"
+    return check
+
+
+def machine_for(config: Config, variant: Variant) -> type[RuleBasedStateMachine]:
+    """A state machine class over ``config`` under ``variant``."""
+    box = FailureBox()
+
+    def __init__(self: Any) -> None:  # noqa: N807 - becomes the class's __init__
+        RuleBasedStateMachine.__init__(self)
+        self.state = initial_state(config, variant)
+        self.trace = []
+        self.successors = successors(self.state)
+
+    def apply(self: Any, action: Action, state: Any) -> None:
+        self.trace.append(action)
+        self.state = state
+        self.successors = successors(state)
+
+    @precondition(lambda self: not self.successors)
+    @rule()
+    def terminal(self: Any) -> None:
+        """A state with no enabled action is legitimate (everyone gone, server down)."""
+
+    namespace: dict[str, Any] = {
+        "__init__": __init__,
+        "apply": apply,
+        "terminal": terminal,
+        "box": box,
+        "config": config,
+        "variant": variant,
+    }
+    for name in ACTION_TYPES:
+        namespace[name] = _rule_for(name)
+    for prop in SAFETY:
+        namespace[f"invariant_{prop.name}"] = _invariant_for(prop)
+    cls = type(f"IvshmemMachine_{variant.name.replace('-', '_').replace('.', '_')}",
+               (RuleBasedStateMachine,), namespace)
+    return cls
+
+
+def last_failure(machine: type[RuleBasedStateMachine]) -> Failure | None:
+    box = machine.box  # type: ignore[attr-defined]
+    assert isinstance(box, FailureBox)
+    return box.failure

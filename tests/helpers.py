@@ -1,0 +1,46 @@
+"""Builders for the traces the tests share."""
+
+from __future__ import annotations
+
+from model.actions import Action, Config, HostConfig, Realize, ServerConfig, Trace
+from model.state import SystemState
+from model.system import initial_state, step
+from model.variants import SEED, Variant
+from properties.trace import RunResult, run_trace
+
+
+def doorbell(endpoint: int, vectors: int = 1, **props: object) -> Realize:
+    """``-device ivshmem-doorbell,chardev=...,vectors=N`` on the endpoint's socket."""
+    merged = {"chardev": True, "vectors": vectors, **props}
+    return Realize(endpoint, "ivshmem-doorbell", tuple(sorted(merged.items())))  # type: ignore[arg-type]
+
+
+def contrib(endpoints: int = 2, vectors: int = 1, irqfd: bool = False, **extra: object) -> Config:
+    return Config(endpoints=endpoints, server=ServerConfig(vectors=vectors),
+                  host=HostConfig(kvm_msi_irqfd=irqfd), **extra)  # type: ignore[arg-type]
+
+
+def scripted(endpoints: int = 1, irqfd: bool = False) -> Config:
+    return Config(endpoints=endpoints, server=ServerConfig(policy="scripted"),
+                  host=HostConfig(kvm_msi_irqfd=irqfd))
+
+
+def run(config: Config, *steps: Action, variant: Variant = SEED) -> RunResult:
+    return run_trace(Trace(config, tuple(steps)), variant)
+
+
+def play(config: Config, *steps: Action, variant: Variant = SEED) -> SystemState:
+    """The state after ``steps``; every step must be enabled."""
+    state = initial_state(config, variant)
+    for action in steps:
+        outcome = step(state, action)
+        assert outcome is not None, f"{action} is not enabled"
+        state = outcome[0]
+    return state
+
+
+def observations(config: Config, *steps: Action, variant: Variant = SEED) -> list[dict[str, object]]:
+    """The observations of the last step."""
+    result = run(config, *steps, variant=variant)
+    assert result.disabled_step is None, f"step {result.disabled_step} is disabled"
+    return result.steps[-1].observations
