@@ -11,6 +11,7 @@ import argparse
 import json
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -138,102 +139,106 @@ class Cell:
     def text(self) -> str:
         if self.violated:
             best = min(self.violated, key=lambda e: e.length)
-            return f"VIOLATED ({best.checker}, {best.length} steps)"
+            return f"VIOLATED {best.length} steps ({best.checker})"
         parts = []
         if self.explored:
-            parts.append(f"explored {self.explored} states")
+            parts.append(f"{self.explored / 1000:.0f}k states")
         if self.tested:
-            parts.append(f"tested {self.tested} cases")
-        return ", ".join(parts) or "-"
+            parts.append(f"{self.tested} cases")
+        return "ok: " + ", ".join(parts) if parts else "-"
 
 
 def _hypothesis(config: Config, variant: Variant) -> tuple[int, Any]:
     from hypothesis import settings
-    from hypothesis.stateful import run_state_machine_as_test
 
-    from properties.stateful import last_failure, machine_for
+    from properties.stateful import run_machine
 
-    machine = machine_for(config, variant)
-    profile = settings.get_profile("ci")
-    try:
-        run_state_machine_as_test(machine, settings=profile)  # type: ignore[no-untyped-call]
-    except AssertionError:
-        return profile.max_examples, last_failure(machine)
-    return profile.max_examples, None
+    return settings.get_profile("check").max_examples, run_machine(config, variant, "check")
+
+
+# Per run: the explorer's bounds.  Two runs go in parallel (the machine has two cores).
+EXPLORE_STATES = 80_000
+EXPLORE_SECONDS = 10.0
+
+
+def check_one(named: NamedConfig, variant_name: str, out: str, hypothesis: bool) -> dict[str, Any]:
+    """One configuration under one variant: explore, then Hypothesis; counterexamples written.
+
+    Runs in a worker process; returns plain data."""
+    variant = get_variant(variant_name)
+    result = explore(
+        named.config, variant,
+        ExploreOptions(max_depth=named.depth, max_states=EXPLORE_STATES,
+                       time_limit=EXPLORE_SECONDS),
+    )
+    run: dict[str, Any] = {
+        "config": named.name, "variant": variant.name,
+        "explore": {"states": result.states, "transitions": result.transitions,
+                    "depth": result.depth, "complete": result.complete,
+                    "seconds": round(result.seconds, 2),
+                    "states_per_second": round(result.states_per_second)},
+        "witnesses": {k: len(p) for k, p in result.witnesses.items()},
+        "violations": [],
+    }
+    found: list[tuple[str, str, str, tuple[Action, ...], str]] = [
+        (f.property, f.message, "explore", f.path,
+         f"ivshmem-model check: breadth-first exploration of {named.name} under "
+         f"{variant.name} (shortest within depth {named.depth})")
+        for f in result.found.values()
+    ]
+    if hypothesis:
+        began = time.perf_counter()
+        tested, failure = _hypothesis(named.config, variant)
+        run["hypothesis"] = {"examples": tested,
+                             "failure": failure.property if failure else None,
+                             "seconds": round(time.perf_counter() - began, 2)}
+        if failure is not None:
+            found.append((failure.property, failure.message, "hypothesis", failure.steps,
+                          f"ivshmem-model check: Hypothesis stateful test of {named.name} "
+                          f"under {variant.name} (minimized by delta debugging)"))
+    for prop, message, checker, steps, origin in found:
+        suffix = "" if checker == "explore" else "-hypothesis"
+        cx = make_counterexample(f"{named.name}-{slug(variant.name)}-{slug(prop)}{suffix}",
+                                 prop, message, named.config, steps, origin)
+        path = write_counterexample(Path(out), cx)
+        run["violations"].append({"property": prop, "checker": checker, "length": len(steps),
+                                  "file": str(path), "message": message})
+    return run
 
 
 def run_check(args: argparse.Namespace) -> int:
     console = Console(stderr=True, quiet=bool(args.json))
     configs = [load_config_file(p) for p in args.config] if args.config else embedded_configs()
     variants = [get_variant(v) for v in (args.variant or list(VARIANTS))]
-    out = Path(args.out)
-    cells: dict[tuple[str, str], Cell] = {}
-    runs: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for named in configs:
-        for variant in variants:
-            label = f"{named.name} / {variant.name}"
-            with console.status(f"exploring {label}") as status:
-                def progress(result: ExploreResult, frontier: int, label: str = label) -> None:
-                    status.update(
-                        f"exploring {label}: {result.states} states, frontier {frontier}, "
-                        f"depth {result.depth}"
-                    )
-
-                result = explore(
-                    named.config, variant,
-                    ExploreOptions(max_depth=named.depth, max_states=60_000, time_limit=12.0),
-                    progress,
-                )
-                run: dict[str, Any] = {
-                    "config": named.name, "variant": variant.name,
-                    "explore": {"states": result.states, "transitions": result.transitions,
-                                "depth": result.depth, "complete": result.complete,
-                                "seconds": round(result.seconds, 2)},
-                    "violations": [],
-                }
-                for prop in SAFETY:
-                    cells.setdefault((prop.name, variant.name), Cell()).explored += result.states
-                for finding in result.found.values():
-                    cx = make_counterexample(
-                        f"{named.name}-{slug(variant.name)}-{slug(finding.property)}",
-                        finding.property, finding.message, named.config, finding.path,
-                        f"ivshmem-model check: breadth-first exploration of {named.name} "
-                        f"under {variant.name} (shortest within depth {named.depth})",
-                    )
-                    path = write_counterexample(out, cx)
-                    cells[(finding.property, variant.name)].violated.append(
-                        Evidence("explore", len(finding.path), str(path), finding.message))
-                    run["violations"].append({"property": finding.property, "checker": "explore",
-                                              "length": len(finding.path), "file": str(path)})
-                if not args.no_hypothesis:
-                    status.update(f"hypothesis {label}")
-                    tested, failure = _hypothesis(named.config, variant)
-                    run["hypothesis"] = {"examples": tested,
-                                         "failure": failure.property if failure else None}
-                    for prop in SAFETY:
-                        cells[(prop.name, variant.name)].tested += tested
-                    if failure is not None:
-                        cx = make_counterexample(
-                            f"{named.name}-{slug(variant.name)}-{slug(failure.property)}-"
-                            "hypothesis",
-                            failure.property, failure.message, named.config, failure.steps,
-                            f"ivshmem-model check: Hypothesis stateful test of {named.name} "
-                            f"under {variant.name} (shrunk)",
-                        )
-                        path = write_counterexample(out, cx)
-                        cells[(failure.property, variant.name)].violated.append(
-                            Evidence("hypothesis", len(failure.steps), str(path),
-                                     failure.message))
-                        run["violations"].append({"property": failure.property,
-                                                  "checker": "hypothesis",
-                                                  "length": len(failure.steps),
-                                                  "file": str(path)})
-                runs.append(run)
+    jobs = [(named, variant.name) for named in configs for variant in variants]
+    runs: list[dict[str, Any]] = []
+    with console.status(f"checking {len(jobs)} configuration/variant pairs on 2 cores"), \
+            ProcessPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(check_one, named, v, args.out, not args.no_hypothesis)
+                   for named, v in jobs]
+        for future in futures:
+            run = future.result()
+            runs.append(run)
             found = ", ".join(sorted({v["property"] for v in run["violations"]})) or "none"
-            console.log(f"{label}: {result.states} states in {result.seconds:.1f}s; "
-                        f"violations: {found}")
-    witnesses = _witnesses(configs, variants)
+            console.log(f"{run['config']} / {run['variant']}: {run['explore']['states']} "
+                        f"states in {run['explore']['seconds']:.1f}s; violations: {found}")
+    cells: dict[tuple[str, str], Cell] = {
+        (p.name, v.name): Cell() for p in SAFETY for v in variants
+    }
+    witnesses: dict[str, dict[str, str]] = {}
+    for run in runs:
+        for prop in SAFETY:
+            cell = cells[(prop.name, run["variant"])]
+            cell.explored += run["explore"]["states"]
+            cell.tested += run.get("hypothesis", {}).get("examples", 0)
+        for v in run["violations"]:
+            cells[(v["property"], run["variant"])].violated.append(
+                Evidence(v["checker"], v["length"], v["file"], v["message"]))
+        for name, length in run["witnesses"].items():
+            best = witnesses.setdefault(name, {}).get(run["variant"])
+            if best is None or length < int(best.split()[1].strip("(")):
+                witnesses[name][run["variant"]] = f"reached ({length} steps)"
     fixed_violations = [
         (p, e) for (p, v), cell in cells.items() if v == FIXED.name for e in cell.violated
     ]
@@ -247,7 +252,8 @@ def run_check(args: argparse.Namespace) -> int:
             "seconds": round(elapsed, 1),
         }, indent=2))
     else:
-        table = Table(title=f"ivshmem-model check ({elapsed:.0f} s; counterexamples in {out}/)")
+        table = Table(title=f"ivshmem-model check ({elapsed:.0f} s; counterexamples in "
+                            f"{args.out}/)")
         table.add_column("property")
         for variant in variants:
             table.add_column(variant.name)
@@ -264,25 +270,6 @@ def run_check(args: argparse.Namespace) -> int:
                 f"[bold red]the fixed variant violates {len(fixed_violations)} "
                 "property/ies: see the table")
     return 1 if fixed_violations else 0
-
-
-def _witnesses(configs: list[NamedConfig], variants: list[Variant]) -> dict[str, dict[str, str]]:
-    """Reachability of the ``sometimes`` properties, by a deeper targeted exploration."""
-    out: dict[str, dict[str, str]] = {}
-    for prop in PROPERTIES:
-        if prop.expectation != "sometimes":
-            continue
-        for variant in variants:
-            reached = "unreached"
-            for named in configs:
-                result = explore(named.config, variant,
-                                 ExploreOptions(max_depth=named.depth, max_states=60_000,
-                                                time_limit=6.0))
-                if prop.name in result.witnesses:
-                    reached = f"reached ({len(result.witnesses[prop.name])} steps)"
-                    break
-            out.setdefault(prop.name, {})[variant.name] = reached
-    return out
 
 
 def run_explore(args: argparse.Namespace) -> int:

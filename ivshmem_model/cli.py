@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.actions import TraceError, load_counterexample, load_trace
+from model.executor.cli import add_subcommands as add_executor_subcommands
 from model.variants import VARIANTS, get_variant
 from properties.trace import as_program, replay, run_trace
 
@@ -180,14 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="machine-readable output")
     rep.set_defaults(func=cmd_replay)
 
-    try:
-        from model.executor.cli import (  # type: ignore[import-not-found,unused-ignore]
-            add_subcommands,
-        )
-    except ImportError:
-        pass
-    else:
-        add_subcommands(sub)
+    add_executor_subcommands(sub)
     return parser
 
 

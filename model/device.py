@@ -597,8 +597,7 @@ INT64_MIN = -(2**63)
 
 def ivshmem_recv_msg(s: IVShmemState, errp: Errp) -> tuple[int, int]:
     """Seed 655-676: a blocking read of one message from the chardev."""
-    channel = s.proc.world.channels[s.endpoint]
-    if not channel:
+    if not s.proc.world.channel(s.endpoint):
         if not s.proc.world.server_up:
             if s.proc.variant.recv_msg_eof_is_error:
                 errp.set("read from server failed: Connection reset by peer")
@@ -606,7 +605,7 @@ def ivshmem_recv_msg(s: IVShmemState, errp: Errp) -> tuple[int, int]:
             # qemu_chr_fe_read_all returns 0 on a closed socket; the loop never ends.
             raise Hang("ivshmem_recv_msg: read returns 0 forever on a closed socket", 672)
         raise WouldBlock
-    msg, fd = channel.pop(0)
+    msg, fd = s.proc.world.pop_message(s.endpoint)
     if fd >= 0:
         s.proc.world.give(fd, s.endpoint)
     return msg, fd

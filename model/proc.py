@@ -12,7 +12,7 @@ disabled action.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any
 
 from model.state import (
@@ -71,10 +71,20 @@ def location(line: int | str) -> dict[str, int | str]:
     return {"line": line} if isinstance(line, int) else {"where": line}
 
 
-class World:
-    """Mutable copies of the system-wide tables: descriptors, objects, channels."""
+Fds = tuple[Fd | None, ...]
+Objects = tuple[FileObject | None, ...]
+Channels = tuple[tuple[Message, ...], ...]
 
-    __slots__ = ("channels", "fds", "objects", "server_up")
+
+class World:
+    """The system-wide tables a step may change: descriptors, objects, channels.
+
+    Copy-on-write: a table is copied the first time a step writes it, and handed back as the
+    very same tuple when it was only read, so unchanged parts of consecutive states stay
+    shared (cheap to hash, cheap to compare).
+    """
+
+    __slots__ = ("_channels", "_fds", "_objects", "closed_any", "server_up")
 
     def __init__(
         self,
@@ -83,75 +93,126 @@ class World:
         channels: tuple[tuple[Message, ...], ...],
         server_up: bool,
     ) -> None:
-        self.fds = list(fds)
-        self.objects = list(objects)
-        self.channels = [list(c) for c in channels]
+        self._fds: Sequence[Fd | None] = fds
+        self._objects: Sequence[FileObject | None] = objects
+        self._channels: Sequence[Sequence[Message]] = channels
         self.server_up = server_up
+        self.closed_any = False  # a descriptor was closed: garbage may exist
+
+    # -- tables ----------------------------------------------------------------------------------
+
+    @property
+    def fds(self) -> Sequence[Fd | None]:
+        return self._fds
+
+    @property
+    def objects(self) -> Sequence[FileObject | None]:
+        return self._objects
+
+    def _w_fds(self) -> list[Fd | None]:
+        if isinstance(self._fds, tuple):
+            self._fds = list(self._fds)
+        return self._fds  # type: ignore[return-value]
+
+    def _w_objects(self) -> list[FileObject | None]:
+        if isinstance(self._objects, tuple):
+            self._objects = list(self._objects)
+        return self._objects  # type: ignore[return-value]
+
+    def _w_channel(self, endpoint: int) -> list[Message]:
+        if isinstance(self._channels, tuple):
+            self._channels = list(self._channels)
+        channels: list[Sequence[Message]] = self._channels  # type: ignore[assignment]
+        channel = channels[endpoint]
+        if isinstance(channel, tuple):
+            channel = list(channel)
+            channels[endpoint] = channel
+        return channel  # type: ignore[return-value]
+
+    def channel(self, endpoint: int) -> Sequence[Message]:
+        return self._channels[endpoint]
+
+    def pop_message(self, endpoint: int) -> Message:
+        return self._w_channel(endpoint).pop(0)
+
+    def clear_channel(self, endpoint: int) -> None:
+        self._w_channel(endpoint).clear()
+
+    def frozen(self) -> tuple[Fds, Objects, Channels]:
+        fds = self._fds if isinstance(self._fds, tuple) else tuple(self._fds)
+        objects = self._objects if isinstance(self._objects, tuple) else tuple(self._objects)
+        channels = self._channels if isinstance(self._channels, tuple) else tuple(
+            c if isinstance(c, tuple) else tuple(c) for c in self._channels
+        )
+        return fds, objects, channels
 
     # -- objects and descriptors ---------------------------------------------------------------
 
     def new_object(self, obj: FileObject) -> int:
-        for index, slot in enumerate(self.objects):
+        objects = self._w_objects()
+        for index, slot in enumerate(objects):
             if slot is None:
-                self.objects[index] = obj
+                objects[index] = obj
                 return index
-        self.objects.append(obj)
-        return len(self.objects) - 1
+        objects.append(obj)
+        return len(objects) - 1
 
     def new_fd(self, obj: int, owner: int) -> int:
+        fds = self._w_fds()
         fd = Fd(obj, owner)
-        for index, slot in enumerate(self.fds):
+        for index, slot in enumerate(fds):
             if slot is None:
-                self.fds[index] = fd
+                fds[index] = fd
                 return index
-        self.fds.append(fd)
-        return len(self.fds) - 1
+        fds.append(fd)
+        return len(fds) - 1
 
     def obj_of(self, d: int) -> FileObject:
-        entry = self.fds[d]
+        entry = self._fds[d]
         assert entry is not None
-        obj = self.objects[entry.obj]
+        obj = self._objects[entry.obj]
         assert obj is not None
         return obj
 
     def is_open(self, d: int) -> bool:
-        entry = self.fds[d] if 0 <= d < len(self.fds) else None
+        entry = self._fds[d] if 0 <= d < len(self._fds) else None
         return entry is not None and entry.open
 
     def signal(self, d: int) -> None:
-        entry = self.fds[d]
+        entry = self._fds[d]
         assert entry is not None
-        obj = self.objects[entry.obj]
+        obj = self._objects[entry.obj]
         assert obj is not None
         if obj.kind == "eventfd" and obj.count == 0:
-            self.objects[entry.obj] = replace(obj, count=1)
+            self._w_objects()[entry.obj] = FileObject(obj.kind, 1, obj.size)
 
     def drain(self, d: int) -> bool:
-        entry = self.fds[d]
+        entry = self._fds[d]
         assert entry is not None
-        obj = self.objects[entry.obj]
+        obj = self._objects[entry.obj]
         assert obj is not None
         if obj.kind != "eventfd" or obj.count == 0:
             return False
-        self.objects[entry.obj] = replace(obj, count=0)
+        self._w_objects()[entry.obj] = FileObject(obj.kind, 0, obj.size)
         return True
 
     def close_fd(self, d: int) -> None:
-        entry = self.fds[d]
+        entry = self._fds[d]
         assert entry is not None
-        self.fds[d] = replace(entry, open=False)
+        self._w_fds()[d] = Fd(entry.obj, entry.owner, False)
+        self.closed_any = True
 
     def give(self, d: int, owner: int) -> None:
         """A descriptor in flight arrives in ``owner``'s process (SCM_RIGHTS)."""
-        entry = self.fds[d]
+        entry = self._fds[d]
         assert entry is not None and entry.owner == IN_FLIGHT
-        self.fds[d] = replace(entry, owner=owner)
+        self._w_fds()[d] = Fd(entry.obj, owner, entry.open)
 
     def send(self, endpoint: int, value: int, obj: int | None) -> Message:
         """Queue one message; an fd travels as a fresh in-flight descriptor of ``obj``."""
         d = -1 if obj is None else self.new_fd(obj, IN_FLIGHT)
         message = (value, d)
-        self.channels[endpoint].append(message)
+        self._w_channel(endpoint).append(message)
         return message
 
 

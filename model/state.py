@@ -17,12 +17,33 @@ meaning "that closed descriptor" and its use is caught.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from model.actions import Config
     from model.variants import Variant
+
+def _cached_hash(self: Any) -> int:
+    """Hash once: states are hashed by the explorer's seen set again and again, and an
+    unchanged endpoint or device is shared by consecutive states."""
+    h: int = self._hash
+    if not h:
+        h = hash(tuple(getattr(self, name) for name in type(self)._hash_fields)) or 1
+        object.__setattr__(self, "_hash", h)
+    return h
+
+
+def hash_cached(cls: Any) -> Any:
+    """Class decorator (outermost, above ``@dataclass``): a cached ``__hash__``."""
+    cls._hash_fields = tuple(f.name for f in fields(cls) if f.compare)
+    cls.__hash__ = _cached_hash
+    return cls
+
+
+def _hash_slot() -> Any:
+    return field(default=0, init=False, repr=False, compare=False)
+
 
 # Heap-block lifetimes.
 NULL = "null"
@@ -131,6 +152,7 @@ class Msix:
     poll_notifier: bool = False
 
 
+@hash_cached
 @dataclass(frozen=True, slots=True)
 class Device:
     """``IVShmemState`` (seed 83-122), the part the model needs."""
@@ -159,6 +181,7 @@ class Device:
     migration_blocker: bool = False
     ioeventfds: tuple[tuple[int, int], ...] = ()  # (datamatch, descriptor), sorted
     msix: Msix = Msix()
+    _hash: int = _hash_slot()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +203,7 @@ class Client:
     peers: tuple[ClientPeer, ...] = ()
 
 
+@hash_cached
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """One process: a QEMU (``role`` "qemu", maybe with a device) or a plain client."""
@@ -194,6 +218,7 @@ class Endpoint:
     irqfds: tuple[tuple[int, int], ...] = ()  # (virq, descriptor)
     fd_handlers: tuple[tuple[int, int], ...] = ()  # (descriptor, vector): qemu_set_fd_handler
     faults: tuple[Fault, ...] = ()
+    _hash: int = _hash_slot()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +230,7 @@ class ServerPeer:
     eventfds: tuple[int, ...]
 
 
+@hash_cached
 @dataclass(frozen=True, slots=True)
 class Server:
     up: bool = True
@@ -212,11 +238,13 @@ class Server:
     shm_obj: int = -1
     peers: tuple[ServerPeer, ...] = ()
     ids_assigned: tuple[int, ...] = ()  # ids handed out, per connection, for id_unique
+    _hash: int = _hash_slot()
 
 
 Message = tuple[int, int]  # (value, descriptor or -1)
 
 
+@hash_cached
 @dataclass(frozen=True, slots=True)
 class SystemState:
     server: Server
@@ -226,6 +254,7 @@ class SystemState:
     objects: tuple[FileObject | None, ...]
     config: Config = field(compare=False, hash=False, repr=False)
     variant: Variant = field(compare=False, hash=False, repr=False)
+    _hash: int = _hash_slot()
 
 
 def sparse_get(pairs: tuple[tuple[int, Any], ...], index: int, default: Any) -> Any:

@@ -80,12 +80,13 @@ def initial_state(config: Config, variant: Variant = SEED) -> SystemState:
         Endpoint(role="client" if e in config.clients else "qemu")
         for e in range(config.endpoints)
     )
+    fds, objects, channels = world.frozen()
     return SystemState(
         server=server,
         endpoints=endpoints,
-        channels=tuple(tuple(c) for c in world.channels),
-        fds=tuple(world.fds),
-        objects=tuple(world.objects),
+        channels=channels,
+        fds=fds,
+        objects=objects,
         config=config,
         variant=variant,
     )
@@ -128,23 +129,26 @@ class Work:
         for d, entry in enumerate(self.world.fds):
             if entry is not None and entry.open and entry.owner == e:
                 self.world.close_fd(d)
-        for _, d in self.world.channels[e]:
+        for _, d in self.world.channel(e):
             if d >= 0:
                 self.world.close_fd(d)
-        self.world.channels[e] = []
+        self.world.clear_channel(e)
         self.endpoints[e] = Endpoint(role=self.endpoints[e].role)
 
     def commit(self) -> StepResult:
+        fds, objects, channels = self.world.frozen()
         state = SystemState(
             server=self.server,
             endpoints=tuple(self.endpoints),
-            channels=tuple(tuple(c) for c in self.world.channels),
-            fds=tuple(self.world.fds),
-            objects=tuple(self.world.objects),
+            channels=channels,
+            fds=fds,
+            objects=objects,
             config=self.state.config,
             variant=self.state.variant,
         )
-        return collect_garbage(state), self.obs
+        if self.world.closed_any or self.server is not self.state.server:
+            state = collect_garbage(state)
+        return state, self.obs
 
 
 def referenced_descriptors(state: SystemState) -> set[int]:
@@ -342,7 +346,7 @@ def _deliver(state: SystemState, a: Deliver) -> StepResult | None:
         return None
 
     def body(s: dev.IVShmemState) -> None:
-        msg, fd = s.proc.world.channels[a.endpoint].pop(0)
+        msg, fd = s.proc.world.pop_message(a.endpoint)
         if fd >= 0:
             s.proc.world.give(fd, a.endpoint)
         dev.ivshmem_read(s, msg, fd)
@@ -355,7 +359,7 @@ def _client_deliver(state: SystemState, e: int) -> StepResult | None:
     if ep.client is None:
         return None
     work = Work(state)
-    value, fd = work.world.channels[e].pop(0)
+    value, fd = work.world.pop_message(e)
     if fd >= 0:
         work.world.give(fd, e)
     client, error = srv.client_handle_msg(ep.client, value, fd)

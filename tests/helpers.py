@@ -39,7 +39,9 @@ def play(config: Config, *steps: Action, variant: Variant = SEED) -> SystemState
     return state
 
 
-def observations(config: Config, *steps: Action, variant: Variant = SEED) -> list[dict[str, object]]:
+def observations(
+    config: Config, *steps: Action, variant: Variant = SEED
+) -> list[dict[str, object]]:
     """The observations of the last step."""
     result = run(config, *steps, variant=variant)
     assert result.disabled_step is None, f"step {result.disabled_step} is disabled"
