@@ -31,7 +31,7 @@ from model.actions import (
 )
 from model.variants import FIXED, VARIANTS, Variant, get_variant
 from properties.explore import ExploreOptions, ExploreResult, explore
-from properties.invariants import PROPERTIES, SAFETY
+from properties.invariants import PROPERTIES, SAFETY, site_of
 from properties.trace import run_trace
 
 
@@ -198,8 +198,9 @@ def check_one(named: NamedConfig, variant_name: str, out: str, hypothesis: bool)
                           f"under {variant.name} (minimized by delta debugging)"))
     for prop, message, checker, steps, origin in found:
         suffix = "" if checker == "explore" else "-hypothesis"
-        cx = make_counterexample(f"{named.name}-{slug(variant.name)}-{slug(prop)}{suffix}",
-                                 prop, message, named.config, steps, origin)
+        site = slug(site_of(message))
+        name = f"{named.name}-{slug(variant.name)}-{slug(prop)}{'-' + site if site else ''}"
+        cx = make_counterexample(name + suffix, prop, message, named.config, steps, origin)
         path = write_counterexample(Path(out), cx)
         run["violations"].append({"property": prop, "checker": checker, "length": len(steps),
                                   "file": str(path), "message": message})
@@ -295,8 +296,9 @@ def run_explore(args: argparse.Namespace) -> int:
         "transitions": result.transitions, "depth": result.depth,
         "complete": result.complete, "seconds": round(result.seconds, 3),
         "states_per_second": round(result.states_per_second),
-        "violations": {k: {"message": f.message, "steps": [a.to_json() for a in f.path]}
-                       for k, f in result.found.items()},
+        "violations": [{"property": f.property, "site": site_of(f.message), "message": f.message,
+                        "steps": [a.to_json() for a in f.path]}
+                       for f in result.found.values()],
         "witnesses": {k: len(p) for k, p in result.witnesses.items()},
     }
     if args.json:
@@ -309,9 +311,10 @@ def run_explore(args: argparse.Namespace) -> int:
     table.add_column("property")
     table.add_column("result")
     for prop in PROPERTIES:
-        if prop.name in result.found:
-            finding = result.found[prop.name]
-            table.add_row(prop.name, f"VIOLATED in {len(finding.path)} steps: {finding.message}")
+        findings = [f for f in result.found.values() if f.property == prop.name]
+        if findings:
+            table.add_row(prop.name, "\n".join(
+                f"VIOLATED in {len(f.path)} steps: {f.message}" for f in findings))
         elif prop.expectation == "sometimes":
             hit = result.witnesses.get(prop.name)
             table.add_row(prop.name, f"reached in {len(hit)} steps" if hit else "unreached")

@@ -20,7 +20,7 @@ from model.actions import Action, Config
 from model.state import SystemState
 from model.system import initial_state, successors
 from model.variants import Variant
-from properties.invariants import PROPERTIES, violations
+from properties.invariants import PROPERTIES, site_of, violations
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,8 @@ class ExploreResult:
     depth: int = 0
     complete: bool = True  # the bounds did not cut the search
     seconds: float = 0.0
-    found: dict[str, Finding] = field(default_factory=dict)
+    # The first (shortest) finding per property and site: one per distinct bug.
+    found: dict[tuple[str, str], Finding] = field(default_factory=dict)
     witnesses: dict[str, tuple[Action, ...]] = field(default_factory=dict)
 
     @property
@@ -80,7 +81,7 @@ def explore(
     sometimes = [p for p in PROPERTIES if p.witness is not None]
     result.states = 1
     for name, message in violations(init):
-        result.found[name] = Finding(name, message, ())
+        result.found[(name, site_of(message))] = Finding(name, message, ())
     while queue:
         state, depth = queue.popleft()
         result.depth = max(result.depth, depth)
@@ -99,8 +100,9 @@ def explore(
             parents[nxt] = (state, action)
             result.states += 1
             for name, message in violations(nxt):
-                if name not in result.found:
-                    result.found[name] = Finding(name, message, _path(parents, nxt))
+                key = (name, site_of(message))
+                if key not in result.found:
+                    result.found[key] = Finding(name, message, _path(parents, nxt))
             queue.append((nxt, depth + 1))
         if result.states >= options.max_states or (
             time.perf_counter() - started > options.time_limit

@@ -11,6 +11,7 @@ files and the command line use them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -244,6 +245,17 @@ PROPERTIES: tuple[Property, ...] = (
 
 SAFETY: tuple[Property, ...] = tuple(p for p in PROPERTIES if p.expectation == "always")
 BY_NAME: dict[str, Property] = {p.name: p for p in PROPERTIES}
+
+
+_SITE = re.compile(r" at (seed \d+|[\w.]+\.c [\w]+):")
+
+
+def site_of(message: str) -> str:
+    """Where a violation happened, as its message names it ("seed 439", "msix.c msix_notify"),
+    or "" for properties about the state as a whole.  Two findings of one property at two
+    sites are two bugs."""
+    match = _SITE.search(message)
+    return match.group(1) if match else ""
 
 
 def violations(state: SystemState) -> list[tuple[str, str]]:

@@ -1,0 +1,26 @@
+"""The Hypothesis machine under the ``ci`` profile: the seed's bugs are found, fixed is clean."""
+
+from __future__ import annotations
+
+import pytest
+
+from ivshmem_model.check import embedded_configs
+from model.actions import Trace
+from model.variants import FIXED, SEED
+from properties.stateful import run_machine
+from properties.trace import run_trace
+
+CONFIGS = {c.name: c.config for c in embedded_configs()}
+
+
+@pytest.mark.parametrize("name", ["contrib-tcg", "scripted-kvm"])
+def test_hypothesis_finds_a_seed_violation(name: str) -> None:
+    failure = run_machine(CONFIGS[name], SEED, "ci")
+    assert failure is not None
+    replayed = run_trace(Trace(CONFIGS[name], failure.steps), SEED)
+    assert replayed.first(failure.property) is not None, "the minimized trace still fails"
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_fixed_satisfies_all_properties_under_hypothesis(name: str) -> None:
+    assert run_machine(CONFIGS[name], FIXED, "ci") is None
