@@ -152,7 +152,7 @@ def run_machine(config: Config, variant: Variant, profile: str = "ci") -> Failur
 
     machine = machine_for(config, variant)
     try:
-        run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        run_state_machine_as_test(  # type: ignore[no-untyped-call,unused-ignore]
             machine, settings=settings.get_profile(profile)
         )
     except AssertionError:
