@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from model import msix
 from model.msix import (
@@ -32,6 +33,7 @@ from model.msix import (
 from model.proc import Abort, Crash, Hang, Proc, WouldBlock
 from model.state import (
     DEFAULT_MSI_VECTOR,
+    DEFAULT_PEER,
     FREED,
     IVSHMEM_IOEVENTFD,
     IVSHMEM_MSI,
@@ -44,6 +46,7 @@ from model.state import (
 )
 
 IVSHMEM_MAX_PEERS = 0xFFFF  # seed 42
+NULL_PEER = Peer(block=NULL)
 IVSHMEM_PROTOCOL_VERSION = 0
 SIZE_MAX = -1  # legacy_size "whatever the server sends" (seed 1158)
 MiB = 1024 * 1024
@@ -76,11 +79,33 @@ class Errp:
         return self.msg is not None
 
 
+class Tracked(dict[int, Any]):
+    """A dict that remembers being written, so an unchanged array freezes to the same tuple."""
+
+    __slots__ = ("dirty",)
+
+    def __init__(self, pairs: tuple[tuple[int, Any], ...]) -> None:
+        super().__init__(pairs)
+        self.dirty = False
+
+    def __setitem__(self, key: int, value: Any) -> None:
+        self.dirty = True
+        super().__setitem__(key, value)
+
+
+def _freeze_sparse(
+    current: dict[int, Any], original: tuple[tuple[int, Any], ...], default: Any
+) -> tuple[tuple[int, Any], ...]:
+    if isinstance(current, Tracked) and not current.dirty:
+        return original
+    return tuple(sorted(p for p in current.items() if p[1] != default))
+
+
 class IVShmemState(PCIDevice):
     """Mutable mirror of ``IVShmemState`` (seed 83-122)."""
 
     __slots__ = (
-        "bar2", "bar2_fd", "bar2_size", "chardev", "endpoint", "features", "hostmem",
+        "_frozen", "bar2", "bar2_fd", "bar2_size", "chardev", "endpoint", "features", "hostmem",
         "interrupt_pin", "intrmask", "intrstatus", "ioeventfds", "irq_level", "legacy_size",
         "master", "migration_blocker", "msg_buffered_bytes", "msi_vectors",
         "msi_vectors_block", "nb_peers", "peers", "peers_block", "type", "vectors", "vm_id",
@@ -88,6 +113,7 @@ class IVShmemState(PCIDevice):
 
     def __init__(self, proc: Proc, d: Device) -> None:
         super().__init__(proc, d.msix)
+        self._frozen = d
         self.endpoint = proc.endpoint
         self.type = d.type
         self.features = d.features
@@ -103,9 +129,9 @@ class IVShmemState(PCIDevice):
         self.legacy_size = d.legacy_size
         self.peers_block = d.peers_block
         self.nb_peers = d.nb_peers
-        self.peers: dict[int, Peer] = dict(d.peers)
+        self.peers: dict[int, Peer] = Tracked(d.peers)
         self.msi_vectors_block = d.msi_vectors_block
-        self.msi_vectors: dict[int, MSIVector] = dict(d.msi_vectors)
+        self.msi_vectors: dict[int, MSIVector] = Tracked(d.msi_vectors)
         self.bar2 = d.bar2
         self.bar2_fd = d.bar2_fd
         self.bar2_size = d.bar2_size
@@ -119,8 +145,10 @@ class IVShmemState(PCIDevice):
             self.msix_vector_poll_notifier = ivshmem_vector_poll
 
     def freeze(self) -> Device:
-        default_peer = self.default_peer()
-        return Device(
+        """The frozen device; the very object thawed when nothing changed (cheap to hash)."""
+        d = self._frozen
+        ioeventfds = tuple(sorted(self.ioeventfds))
+        device = Device(
             type=self.type,
             features=self.features,
             vectors=self.vectors,
@@ -135,23 +163,22 @@ class IVShmemState(PCIDevice):
             legacy_size=self.legacy_size,
             peers_block=self.peers_block,
             nb_peers=self.nb_peers,
-            peers=tuple(sorted(p for p in self.peers.items() if p[1] != default_peer)),
+            peers=_freeze_sparse(self.peers, d.peers, self.default_peer()),
             msi_vectors_block=self.msi_vectors_block,
-            msi_vectors=tuple(
-                sorted(v for v in self.msi_vectors.items() if v[1] != DEFAULT_MSI_VECTOR)
-            ),
+            msi_vectors=_freeze_sparse(self.msi_vectors, d.msi_vectors, DEFAULT_MSI_VECTOR),
             bar2=self.bar2,
             bar2_fd=self.bar2_fd,
             bar2_size=self.bar2_size,
             msg_buffered_bytes=self.msg_buffered_bytes,
             migration_blocker=self.migration_blocker,
-            ioeventfds=tuple(sorted(self.ioeventfds)),
-            msix=self.freeze_msix(),
+            ioeventfds=d.ioeventfds if ioeventfds == d.ioeventfds else ioeventfds,
+            msix=self.freeze_msix(d.msix),
         )
+        return d if device == d else device
 
     def default_peer(self) -> Peer:
         """What ``resize_peers`` puts in a new slot: ``g_new0`` of 0 elements is NULL."""
-        return Peer(block=LIVE if self.vectors else NULL)
+        return DEFAULT_PEER if self.vectors else NULL_PEER
 
 
 def ivshmem_has_feature(s: IVShmemState, feature: int) -> bool:

@@ -47,8 +47,8 @@ class PCIDevice:
         self.msix_vector_release_notifier: ReleaseNotifier | None = None
         self.msix_vector_poll_notifier: PollNotifier | None = None
 
-    def freeze_msix(self) -> Msix:
-        return Msix(
+    def freeze_msix(self, original: Msix | None = None) -> Msix:
+        m = Msix(
             present=self.msix_present,
             entries_nr=self.msix_entries_nr,
             table=self.msix_table,
@@ -61,6 +61,7 @@ class PCIDevice:
             notifiers=self.msix_vector_use_notifier is not None,
             poll_notifier=self.msix_vector_poll_notifier is not None,
         )
+        return original if original is not None and m == original else m
 
 
 def _entry(dev: PCIDevice, vector: int, line: str) -> None:

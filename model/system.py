@@ -58,6 +58,7 @@ from model.proc import Abort, Crash, Hang, Proc, World, WouldBlock, line_number,
 from model.state import (
     IVSHMEM_MSI,
     Client,
+    Device,
     Endpoint,
     Fate,
     FileObject,
@@ -113,14 +114,27 @@ class Work:
             ep.kvm_routes, ep.irqfds, ep.fd_handlers, ep.faults,
         )
 
-    def store_proc(self, e: int, proc: Proc, **changes: Any) -> None:
-        self.endpoints[e] = replace(
-            self.endpoints[e],
-            kvm_routes=tuple(proc.kvm_routes),
-            irqfds=tuple(proc.irqfds),
-            fd_handlers=tuple(proc.fd_handlers),
-            faults=tuple(proc.faults),
-            **changes,
+    def store_proc(
+        self, e: int, proc: Proc, device: Device | None, fate: Fate | None = None,
+        unplugged: bool | None = None,
+    ) -> None:
+        """Endpoint ``e`` after the step: its device, host facts and fate."""
+        ep = self.endpoints[e]
+        kvm_routes = tuple(proc.kvm_routes)
+        irqfds = tuple(proc.irqfds)
+        fd_handlers = tuple(proc.fd_handlers)
+        faults = tuple(proc.faults)
+        self.endpoints[e] = Endpoint(
+            connected=ep.connected,
+            role=ep.role,
+            fate=fate if fate is not None else ep.fate,
+            device=device,
+            unplugged=ep.unplugged if unplugged is None else unplugged,
+            client=ep.client,
+            kvm_routes=ep.kvm_routes if kvm_routes == ep.kvm_routes else kvm_routes,
+            irqfds=ep.irqfds if irqfds == ep.irqfds else irqfds,
+            fd_handlers=ep.fd_handlers if fd_handlers == ep.fd_handlers else fd_handlers,
+            faults=ep.faults if faults == ep.faults else faults,
         )
         self.obs.extend(proc.obs)
 
@@ -323,13 +337,13 @@ def _realize(state: SystemState, a: Realize) -> StepResult | None:
     except (Abort, Crash, Hang) as exc:
         fate = _fate_of(exc)
         proc.obs.append(fate.to_json())
-        work.store_proc(a.endpoint, proc, fate=fate)
+        work.store_proc(a.endpoint, proc, None, fate=fate)
         return work.commit()
     if s is None:
         fate = Fate("failed", error or "")
         proc.obs.append({"error": error})
         proc.obs.append(fate.to_json())
-        work.store_proc(a.endpoint, proc, fate=fate)
+        work.store_proc(a.endpoint, proc, None, fate=fate)
         return work.commit()
     work.store_proc(a.endpoint, proc, device=s.freeze(), unplugged=False)
     return work.commit()

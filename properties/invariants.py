@@ -148,14 +148,22 @@ def _server_ids(state: SystemState) -> dict[int, int]:
 
 
 def peer_view(state: SystemState) -> str | None:
-    """Once a device has read every message queued for it, it knows the same peers as the
-    contrib server: ``min(N, vectors)`` eventfds for each connected peer (itself included),
-    none for any other id."""
+    """Once a device (or a plain client) has read every message queued for it, it knows the
+    same peers as the contrib server: ``min(N, vectors)`` eventfds for each connected peer
+    (itself included), none for any other id."""
     if state.config.server.policy != "contrib":
         return None
     ids = _server_ids(state)
     n = state.config.server.vectors
     for e, ep in _running(state):
+        client = ep.client
+        if client is not None and client.stage == 3 and not state.channels[e] and e in ids:
+            seen = {p.id: len(p.vectors) for p in client.peers}
+            if client.local:
+                seen[client.id] = len(client.local)
+            want = {pid: n for pid in ids.values()} if n else {}
+            if seen != want:
+                return f"client {e} knows peers {seen}, the server has {want}"
         device = ep.device
         if device is None or not device.chardev or state.channels[e] or e not in ids:
             continue
@@ -240,6 +248,16 @@ PROPERTIES: tuple[Property, ...] = (
         "doorbell_reaches_msi", "sometimes",
         "Some step delivers an MSI to a guest: the model can ring a doorbell end to end.",
         witness=_has("msi"),
+    ),
+    Property(
+        "intx_raised", "sometimes",
+        "Some step raises a legacy device's INTx line: the msi=off path works end to end.",
+        witness=lambda obs: {"intx": 1} in obs,
+    ),
+    Property(
+        "client_notified", "sometimes",
+        "Some step fires a plain client's own vector: a doorbell reaches an ivshmem-client.",
+        witness=_has("irq"),
     ),
 )
 

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from model.actions import ACTION_TYPES, Action, Config
-from model.system import initial_state, successors
+from model.actions import ACTION_TYPES, Action, Config, MmioRead, MmioWrite, Ring, ServerSend
+from model.system import initial_state, step, successors
 from model.variants import Variant
 from properties.invariants import SAFETY, Property
 
@@ -88,6 +88,43 @@ def _rule_for(name: str) -> Any:
     return act
 
 
+def _free_rule(name: str, make: Any, **strategies: Any) -> Any:
+    """A rule with values beyond the configuration's menus (any int64 a hostile server may
+    send, any BAR0 access): Hypothesis' own reach, which the explorer's menus do not have."""
+
+    @precondition(lambda self: bool(self.successors))
+    @rule(endpoint=st.integers(0, 63), **strategies)
+    def act(self: Any, endpoint: int, **values: Any) -> None:
+        action = make(endpoint % len(self.state.endpoints), **values)
+        outcome = step(self.state, action)
+        if outcome is not None:
+            self.apply(action, outcome[0])
+
+    act.__name__ = name
+    return act
+
+
+FREE_RULES = {
+    "server_send_any": _free_rule(
+        "server_send_any", ServerSend,
+        value=st.one_of(st.integers(-2, 40), st.sampled_from([65535, 65536, 2**31, -(2**63)]),
+                        st.integers(-(2**63), 2**63 - 1)),
+        fd=st.sampled_from([None, "eventfd", "shm", "shm:0", "shm:3000", "shm:4096"]),
+    ),
+    "mmio_write_any": _free_rule(
+        "mmio_write_any", MmioWrite,
+        offset=st.integers(0, 255), value=st.integers(0, 2**32 - 1),
+        size=st.sampled_from([1, 2, 4, 8]),
+    ),
+    "mmio_read_any": _free_rule(
+        "mmio_read_any", MmioRead, offset=st.integers(0, 255), size=st.sampled_from([1, 2, 4, 8]),
+    ),
+    "ring_any": _free_rule(
+        "ring_any", Ring, peer=st.integers(0, 0xFFFF), vector=st.integers(0, 0xFFFF),
+    ),
+}
+
+
 def _invariant_for(prop: Property) -> Any:
     @invariant()
     def check(self: Any) -> None:
@@ -131,6 +168,7 @@ def machine_for(config: Config, variant: Variant) -> type[RuleBasedStateMachine]
     }
     for name in ACTION_TYPES:
         namespace[name] = _rule_for(name)
+    namespace.update(FREE_RULES)
     for prop in SAFETY:
         namespace[f"invariant_{prop.name}"] = _invariant_for(prop)
     cls = type(f"IvshmemMachine_{variant.name.replace('-', '_').replace('.', '_')}",
