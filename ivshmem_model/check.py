@@ -156,6 +156,9 @@ def _hypothesis(config: Config, variant: Variant) -> tuple[int, Any]:
     return settings.get_profile("check").max_examples, run_machine(config, variant, "check")
 
 
+# The variants `check` runs by default; `--history` adds every before-<commit> variant.
+MAIN_VARIANTS = ("seed", "qemu-7.2", "fixed")
+
 # Per run: the explorer's bounds.  Two runs go in parallel (the machine has two cores).
 EXPLORE_STATES = 80_000
 EXPLORE_SECONDS = 10.0
@@ -210,7 +213,9 @@ def check_one(named: NamedConfig, variant_name: str, out: str, hypothesis: bool)
 def run_check(args: argparse.Namespace) -> int:
     console = Console(stderr=True, quiet=bool(args.json))
     configs = [load_config_file(p) for p in args.config] if args.config else embedded_configs()
-    variants = [get_variant(v) for v in (args.variant or list(VARIANTS))]
+    names = args.variant or [*MAIN_VARIANTS, *(
+        [v for v in VARIANTS if v.startswith("before-")] if args.history else [])]
+    variants = [get_variant(v) for v in names]
     started = time.perf_counter()
     jobs = [(named, variant.name) for named in configs for variant in variants]
     runs: list[dict[str, Any]] = []

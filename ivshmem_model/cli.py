@@ -151,10 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", action="append", metavar="FILE",
                        help="a configuration file (configs/*.json); repeatable")
     check.add_argument("--variant", action="append", choices=sorted(VARIANTS),
-                       help="only this variant; repeatable (default: all)")
+                       help="only this variant; repeatable (default: seed, qemu-7.2, fixed)")
     check.add_argument("--out", default="check-out", metavar="DIR",
                        help="where counterexample files go (default: %(default)s)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--history", action="store_true",
+                       help="also run every before-<commit> variant (historical fixes reverted)")
     check.add_argument("--no-hypothesis", action="store_true",
                        help="skip the Hypothesis stateful runs")
     check.set_defaults(func=cmd_check)
