@@ -250,7 +250,8 @@ def g_free_block(state: str, what: str, line: int) -> str:
 
 def ivshmem_update_irq(s: IVShmemState) -> None:
     """Seed 143-173: only the legacy ``ivshmem,msi=off`` drives INTx."""
-    if ivshmem_has_feature(s, IVSHMEM_MSI) or not s.interrupt_pin:
+    uses_msi = ivshmem_has_feature(s, IVSHMEM_MSI) and not s.proc.variant.before_2d1d422d1145
+    if uses_msi or not s.interrupt_pin:
         return
     isr = s.intrstatus & s.intrmask
     pci_set_irq(s, 1 if isr else 0)
@@ -372,17 +373,23 @@ def ivshmem_vector_unmask(dev: PCIDevice, vector: int) -> int:
     s = dev
     peer_at(s, s.vm_id, 316)
     v = msi_vector(s, vector, 321)
-    if not v.pdev:
+    variant = s.proc.variant
+    if not v.pdev and not variant.before_e6a354be6ea0:
         s.proc.error_report(f"ivshmem: vector {vector} route does not exist")
-        return 0 if s.proc.variant.unmask_without_route_ok else -EINVAL
-    if v.unmasked:
+        return 0 if variant.unmask_without_route_ok else -EINVAL
+    if v.unmasked and not variant.before_089fd8037619:
         raise Abort("ivshmem_vector_unmask: Assertion `!v->unmasked' failed.", 325)
+    if not v.pdev:
+        # before e6a354be6ea0: kvm_irqchip_update_msi_route on a route that does not exist
+        # fails, and kvm_irqchip_commit_routes asserts (seed 327-331).
+        raise Abort("kvm_irqchip_commit_routes: Assertion `ret == 0' failed.", 331)
     # kvm_irqchip_update_msi_route + kvm_irqchip_commit_routes (seed 327-331) always succeed
     # for a route that exists.
     ret = s.proc.kvm_add_irqfd(eventfd_slot(s, s.vm_id, vector, 333), v.virq)
     if ret < 0:
         return ret
-    s.msi_vectors[vector] = MSIVector(v.pdev, v.virq, True)
+    if not variant.before_089fd8037619:
+        s.msi_vectors[vector] = MSIVector(v.pdev, v.virq, True)
     return 0
 
 
@@ -392,16 +399,18 @@ def ivshmem_vector_mask(dev: PCIDevice, vector: int) -> None:
     s = dev
     peer_at(s, s.vm_id, 345)
     v = msi_vector(s, vector, 350)
-    if not v.pdev:
+    variant = s.proc.variant
+    if not v.pdev and not variant.before_e6a354be6ea0:
         s.proc.error_report(f"ivshmem: vector {vector} route does not exist")
         return
-    if not v.unmasked:
+    if not v.unmasked and not variant.before_089fd8037619:
         raise Abort("ivshmem_vector_mask: Assertion `v->unmasked' failed.", 354)
     ret = s.proc.kvm_remove_irqfd(eventfd_slot(s, s.vm_id, vector, 356), v.virq)
     if ret < 0:
         s.proc.error_report("remove_irqfd_notifier_gsi failed")
         return
-    s.msi_vectors[vector] = MSIVector(v.pdev, v.virq, False)
+    if not variant.before_089fd8037619:
+        s.msi_vectors[vector] = MSIVector(v.pdev, v.virq, False)
 
 
 def ivshmem_vector_poll(dev: PCIDevice, vector_start: int, vector_end: int) -> None:
@@ -565,6 +574,11 @@ def qemu_ram_alloc_from_fd_error(size: int, file_size: int) -> str | None:
 
 def process_msg_disconnect(s: IVShmemState, posn: int, errp: Errp) -> None:
     """Seed 554-563."""
+    if s.proc.variant.before_9db51b4d64de:
+        # no 'invalid peer' check; cleanup only with ioeventfd=on
+        if ivshmem_has_feature(s, IVSHMEM_IOEVENTFD):
+            close_peer_eventfds(s, posn)
+        return
     if posn >= s.nb_peers or posn == s.vm_id:
         errp.set(f"invalid peer {posn}")
         return
@@ -574,12 +588,14 @@ def process_msg_disconnect(s: IVShmemState, posn: int, errp: Errp) -> None:
 def process_msg_connect(s: IVShmemState, posn: int, fd: int, errp: Errp) -> None:
     """Seed 565-595: the N-th connect message for a peer carries the fd of vector N-1."""
     peer = peer_at(s, posn, 575)
-    if peer.nb_eventfds >= s.vectors:
+    if peer.nb_eventfds >= s.vectors and not s.proc.variant.before_1ee57de444ac:
         errp.set(f"Too many eventfd received, device has {s.vectors} vectors")
         s.proc.close(fd, 578)
         return
     vector = peer.nb_eventfds
     _check_eventfds_block(peer, posn, 584)
+    if vector >= s.vectors:
+        raise Crash("out_of_bounds", f"peers[{posn}].eventfds[{vector}] of {s.vectors}", 584)
     slots = peer.eventfds[:vector] + (ZEROED,) * max(0, vector - len(peer.eventfds))
     s.peers[posn] = Peer(vector + 1, (*slots, fd, *peer.eventfds[vector + 1:]), peer.block)
     if posn == s.vm_id:
@@ -688,9 +704,11 @@ def ivshmem_msix_vector_use(s: IVShmemState) -> None:
 
 def ivshmem_reset(s: IVShmemState) -> None:
     """Seed 763-774."""
-    ivshmem_disable_irqfd(s)
-    s.intrstatus = 0
-    s.intrmask = 0
+    if not s.proc.variant.before_a40227911c4c:
+        ivshmem_disable_irqfd(s)
+    if not s.proc.variant.before_972ad21553fd:
+        s.intrstatus = 0
+        s.intrmask = 0
     if ivshmem_has_feature(s, IVSHMEM_MSI):
         ivshmem_msix_vector_use(s)
 
@@ -739,6 +757,8 @@ def ivshmem_enable_irqfd(s: IVShmemState) -> None:
             s.proc.error_report("ivshmem: msix_set_vector_notifiers failed")
         else:
             return
+    if s.proc.variant.before_0b88dd942073:
+        return  # no rollback
     # undo:
     i -= 1
     while i >= 0:
@@ -748,14 +768,14 @@ def ivshmem_enable_irqfd(s: IVShmemState) -> None:
 
 def ivshmem_disable_irqfd(s: IVShmemState) -> None:
     """Seed 837-860."""
-    if s.msix_vector_use_notifier is None:
+    if s.msix_vector_use_notifier is None and not s.proc.variant.before_0b88dd942073:
         return
     msix_unset_vector_notifiers(s)
     i = 0
     while i < peer_at(s, s.vm_id, 848).nb_eventfds:
         # MSI-X is already disabled here so msix_unset_vector_notifiers() didn't call our
         # release notifier.  Do it now to keep our masks and unmasks balanced. (seed 849-853)
-        if msi_vector(s, i, 854).unmasked:
+        if msi_vector(s, i, 854).unmasked and not s.proc.variant.before_089fd8037619:
             ivshmem_vector_mask(s, i)
         ivshmem_remove_kvm_msi_virq(s, i)
         i += 1
@@ -806,7 +826,7 @@ def ivshmem_common_realize(s: IVShmemState, errp: Errp) -> None:
         if err:
             errp.set(err.msg or "")
             return
-        if s.master == "on" and s.vm_id != 0:
+        if s.master == "on" and s.vm_id != 0 and not s.proc.variant.before_62a830b688a9:
             errp.set("master must connect to the server before any peers")
             return
         err = Errp()

@@ -59,6 +59,62 @@ class Variant:
         "msix_init took an 'unsigned short' nentries, so vectors >= 65536 were truncated",
     )
 
+    # --- fixes before the seed, reverted one at a time (facts §6.2) ---------------------------
+    before_a40227911c4c: bool = flag(
+        "a40227911c4c", "767",
+        "before 'Disable irqfd on device reset', ivshmem_reset did not call "
+        "ivshmem_disable_irqfd: the KVM routes added by enable_irqfd survived a reset, and "
+        "re-enabling MSI-X hit the assertion '!s->msi_vectors[vector].pdev' (467)",
+    )
+    before_089fd8037619: bool = flag(
+        "089fd8037619", "325, 337, 354, 361, 849-856",
+        "before 'Always remove irqfd notifiers' there was no per-vector 'unmasked' flag: "
+        "unmask and mask did not assert or record it, and disable_irqfd did not mask the "
+        "vectors still unmasked, so with MSI-X already disabled the irqfds stayed attached "
+        "(a later enable fails with -EBUSY: 'msix_set_vector_notifiers failed')",
+    )
+    before_e6a354be6ea0: bool = flag(
+        "e6a354be6ea0", "321-324, 350-353",
+        "before 'Don't update non-existent MSI routes', mask and unmask did not check "
+        "v->pdev: unmask of a vector the server sent no eventfd for updated a KVM route that "
+        "does not exist, and kvm_irqchip_commit_routes asserted 'ret == 0'",
+    )
+    before_0b88dd942073: bool = flag(
+        "0b88dd942073", "818, 827, 831-834, 842-844",
+        "before 'Improve MSI irqfd error handling', enable_irqfd had no rollback (a failure "
+        "left the routes it added) and disable_irqfd had no early return, so it called "
+        "msix_unset_vector_notifiers when the notifiers were never set, which asserts",
+    )
+    before_9db51b4d64de: bool = flag(
+        "9db51b4d64de", "558-562",
+        "before 'Plug leaks on unplug, fix peer disconnect', a peer's disconnect was cleaned "
+        "up only with ioeventfd=on (otherwise its fds and nb_eventfds stayed, so a recycled "
+        "id's eventfds went to later vectors), and there was no 'invalid peer' check (the "
+        "device's own id included)",
+    )
+    before_1ee57de444ac: bool = flag(
+        "1ee57de444ac", "575-580",
+        "before the 'Too many eventfd received' check, the N-th connect message for a peer "
+        "was stored in eventfds[N-1] even when N exceeds the device's vectors: a write past "
+        "the eventfds array (584)",
+    )
+    before_62a830b688a9: bool = flag(
+        "62a830b688a9", "936-940",
+        "before 'master must have ID 0', master=on was accepted for any ID, so two devices "
+        "on one server could both be migration masters",
+    )
+    before_2d1d422d1145: bool = flag(
+        "2d1d422d1145", "161",
+        "before 'Leave INTx alone when using MSI-X', ivshmem_update_irq drove INTx from "
+        "intrstatus & intrmask whenever the device had an interrupt pin, MSI or not "
+        "(the legacy device with msi=on has pin 1)",
+    )
+    before_972ad21553fd: bool = flag(
+        "972ad21553fd", "769-770",
+        "before 'reset the mask on device reset', ivshmem_reset left intrstatus and "
+        "intrmask as they were",
+    )
+
     # --- our corrections (the 'fixed' variant) -----------------------------------------------
     keep_peer_eventfds_array: bool = flag(
         "proposed", "439, 1001-1005",
@@ -149,7 +205,16 @@ FIXED = replace(
     recv_msg_eof_is_error=True,
 )
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (SEED, QEMU_7_2, FIXED)}
+BEFORE_COMMITS = (
+    "a40227911c4c", "089fd8037619", "e6a354be6ea0", "0b88dd942073", "9db51b4d64de",
+    "1ee57de444ac", "62a830b688a9", "2d1d422d1145", "972ad21553fd",
+)
+BEFORE: tuple[Variant, ...] = tuple(
+    replace(SEED, name=f"before-{commit}", **{f"before_{commit}": True})
+    for commit in BEFORE_COMMITS
+)
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (SEED, QEMU_7_2, FIXED, *BEFORE)}
 
 
 def get_variant(name: str) -> Variant:

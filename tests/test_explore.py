@@ -1,11 +1,17 @@
-"""The explorer on small configurations: pinned counts, shortest counterexamples, fixed clean."""
+"""The explorer on small configurations: pinned counts (with and without symmetry), shortest
+counterexamples replayed, a planted bug found, two workers agree, coverage reported."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from helpers import contrib, scripted
 
+from model.actions import Trace
 from model.variants import FIXED, SEED
 from properties.explore import ExploreOptions, explore
+from properties.invariants import site_of, violations
+from properties.trace import run_trace
 
 
 def test_explore_pins_the_state_count_of_a_small_configuration() -> None:
@@ -31,3 +37,68 @@ def test_the_model_can_ring_a_doorbell_end_to_end() -> None:
 
 
 RESULT_1_ENDPOINT_DEPTH_5 = (60, 262)
+
+
+# --- symmetry, workers, replay, coverage (issue 4) -------------------------------------------
+
+PLANTED = dataclasses.replace(FIXED, name="planted", keep_peer_eventfds_array=False)
+
+
+def test_explore_pins_the_state_count_of_2_endpoints_with_and_without_symmetry() -> None:
+    plain = explore(contrib(endpoints=2), SEED, ExploreOptions(max_depth=6))
+    reduced = explore(contrib(endpoints=2), SEED, ExploreOptions(max_depth=6, symmetry=True))
+    assert (plain.states, plain.transitions) == RESULT_2_ENDPOINTS_DEPTH_6
+    assert (reduced.states, reduced.transitions) == RESULT_2_ENDPOINTS_DEPTH_6_SYMMETRY
+
+
+def test_symmetry_changes_nothing_with_1_endpoint() -> None:
+    plain = explore(contrib(endpoints=1), SEED, ExploreOptions(max_depth=5))
+    reduced = explore(contrib(endpoints=1), SEED, ExploreOptions(max_depth=5, symmetry=True))
+    assert (reduced.states, reduced.transitions) == (plain.states, plain.transitions)
+
+
+def test_planted_double_free_is_found_in_8_steps_2_endpoints() -> None:
+    for symmetry in (False, True):
+        result = explore(contrib(endpoints=2), PLANTED,
+                         ExploreOptions(max_depth=8, max_states=10**6, symmetry=symmetry))
+        finding = result.found[("memory_safety", "seed 439")]
+        assert len(finding.path) == 8
+        run = run_trace(Trace(contrib(endpoints=2), finding.path), PLANTED)
+        assert run.disabled_step is None and run.final is not None
+        assert ("memory_safety", "seed 439") in {
+            (name, site_of(message)) for name, message in violations(run.final)}
+        assert result.unconfirmed == 0
+
+
+def test_every_reported_path_replays_to_its_violation() -> None:
+    result = explore(scripted(), SEED, ExploreOptions(max_depth=5))
+    assert result.found and result.unconfirmed == 0
+    for (name, site), finding in result.found.items():
+        run = run_trace(Trace(scripted(), finding.path), SEED)
+        assert run.final is not None
+        assert (name, site) in {(n, site_of(m)) for n, m in violations(run.final)}
+
+
+def test_two_workers_find_the_same_states_and_shortest_paths() -> None:
+    for symmetry in (False, True):
+        options = ExploreOptions(max_depth=6, symmetry=symmetry)
+        one = explore(contrib(endpoints=2), SEED, options)
+        two = explore(contrib(endpoints=2), SEED, dataclasses.replace(options, workers=2))
+        assert (two.states, two.transitions, two.depth) == (one.states, one.transitions,
+                                                            one.depth)
+        assert {k: len(f.path) for k, f in two.found.items()} == {
+            k: len(f.path) for k, f in one.found.items()}
+        assert two.unconfirmed == 0
+
+
+def test_coverage_reports_seed_functions_lines_and_never_enabled_actions() -> None:
+    result = explore(contrib(endpoints=1), SEED, ExploreOptions(max_depth=5, coverage=True))
+    report = result.coverage.to_json()
+    assert 0 < report["functions_covered"] < report["functions_total"]
+    assert 0 < report["seed_lines_covered"] < report["seed_lines_total"]
+    assert "server_send" in report["actions_never_enabled"]  # contrib policy
+    assert "connect" not in report["actions_never_enabled"]
+
+
+RESULT_2_ENDPOINTS_DEPTH_6 = (869, 4161)
+RESULT_2_ENDPOINTS_DEPTH_6_SYMMETRY = (438, 2085)
