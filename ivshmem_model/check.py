@@ -293,9 +293,13 @@ def run_explore(args: argparse.Namespace) -> int:
                           f"depth {result.depth}")
 
         t0 = time.perf_counter()
+        if not 1 <= args.workers <= 8:
+            raise TraceError(f"expected 1 to 8, got {args.workers}", "--workers")
         result = explore(named.config, variant,
                          ExploreOptions(max_depth=depth, max_states=args.max_states,
-                                        time_limit=600.0), progress)
+                                        time_limit=600.0, symmetry=args.symmetry,
+                                        workers=args.workers, coverage=args.coverage),
+                         progress)
     report = {
         "config": named.name, "variant": variant.name, "states": result.states,
         "transitions": result.transitions, "depth": result.depth,
@@ -305,7 +309,10 @@ def run_explore(args: argparse.Namespace) -> int:
                         "steps": [a.to_json() for a in f.path]}
                        for f in result.found.values()],
         "witnesses": {k: len(p) for k, p in result.witnesses.items()},
+        "unconfirmed": result.unconfirmed,
     }
+    if result.coverage is not None:
+        report["coverage"] = result.coverage.to_json()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -326,4 +333,6 @@ def run_explore(args: argparse.Namespace) -> int:
         else:
             table.add_row(prop.name, "holds" + ("" if result.complete else " (within bounds)"))
     Console().print(table)
+    if result.coverage is not None:
+        print(result.coverage.summary())
     return 0

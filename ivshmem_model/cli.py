@@ -17,6 +17,7 @@ from typing import Any
 from model.actions import TraceError, load_counterexample, load_trace
 from model.executor.cli import add_subcommands as add_executor_subcommands
 from model.variants import VARIANTS, get_variant
+from properties.explore_cli import add_subcommands as add_graph_subcommands
 from properties.trace import as_program, replay, run_trace
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -166,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--variant", default="seed", help="variant (default: %(default)s)")
     explore.add_argument("--depth", type=int, default=None, help="depth bound")
     explore.add_argument("--max-states", type=int, default=200_000, help="state bound")
+    explore.add_argument("--symmetry", action="store_true",
+                         help="one state per orbit of interchangeable endpoints")
+    explore.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
+    explore.add_argument("--coverage", action="store_true",
+                         help="report the seed functions and lines exercised (slow)")
     explore.add_argument("--json", action="store_true", help="machine-readable output")
     explore.set_defaults(func=cmd_explore)
 
@@ -183,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="machine-readable output")
     rep.set_defaults(func=cmd_replay)
 
+    add_graph_subcommands(sub)
     add_executor_subcommands(sub)
     return parser
 
