@@ -255,6 +255,8 @@ class SystemState:
     config: Config = field(compare=False, hash=False, repr=False)
     variant: Variant = field(compare=False, hash=False, repr=False)
     _hash: int = _hash_slot()
+    # Descriptors referenced by the state, computed once (model.system.referenced_descriptors).
+    _refs: frozenset[int] | None = field(default=None, init=False, repr=False, compare=False)
 
 
 def sparse_get(pairs: tuple[tuple[int, Any], ...], index: int, default: Any) -> Any:

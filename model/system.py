@@ -165,8 +165,11 @@ class Work:
         return state, self.obs
 
 
-def referenced_descriptors(state: SystemState) -> set[int]:
-    """Every descriptor number something in the state refers to."""
+def referenced_descriptors(state: SystemState) -> frozenset[int]:
+    """Every descriptor number something in the state refers to (computed once per state)."""
+    cached = state._refs
+    if cached is not None:
+        return cached
     refs: set[int] = set()
     for ep in state.endpoints:
         refs.update(d for d, _ in ep.fd_handlers)
@@ -186,7 +189,9 @@ def referenced_descriptors(state: SystemState) -> set[int]:
     for channel in state.channels:
         refs.update(d for _, d in channel)
     refs.discard(-1)
-    return refs
+    frozen = frozenset(refs)
+    object.__setattr__(state, "_refs", frozen)
+    return frozen
 
 
 def collect_garbage(state: SystemState) -> SystemState:
