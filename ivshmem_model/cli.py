@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ivshmem_model.corpus_cli import add_subcommands as add_corpus_subcommands
 from model.actions import TraceError, load_counterexample, load_trace
 from model.executor.cli import add_subcommands as add_executor_subcommands
 from model.variants import VARIANTS, get_variant
+from properties.corpus import update_expectations
 from properties.explore_cli import add_subcommands as add_graph_subcommands
 from properties.trace import as_program, replay, run_trace
 
@@ -99,7 +101,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for path in files:
         try:
             cx = load_counterexample(str(path))
-        except TraceError as err:
+            if args.update and update_expectations(path):
+                cx = load_counterexample(str(path))
+                print(f"updated {path.name}", file=sys.stderr)
+        except (TraceError, ValueError) as err:
             print(f"ERROR {err}", file=sys.stderr)
             report.append({"file": str(path), "error": str(err)})
             worst = EXIT_BAD_INPUT
@@ -187,9 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("paths", nargs="+", metavar="FILE|DIR")
     rep.add_argument("--variant", default=None, help="only this variant's expectation")
     rep.add_argument("--json", action="store_true", help="machine-readable output")
+    rep.add_argument("--update", action="store_true",
+                     help="rewrite each file's expectations from what every variant does now")
     rep.set_defaults(func=cmd_replay)
 
     add_graph_subcommands(sub)
+    add_corpus_subcommands(sub)
     add_executor_subcommands(sub)
     return parser
 

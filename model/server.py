@@ -142,6 +142,15 @@ def client_handle_msg(client: Client, value: int, fd: int) -> tuple[Client, str 
     return replace(client, peers=tuple(peers)), None
 
 
+def client_descriptors(client: Client) -> set[int]:
+    """Every descriptor the client's view holds."""
+    held = {client.shm_fd, *client.local}
+    for peer in client.peers:
+        held.update(peer.vectors)
+    held.discard(-1)
+    return held
+
+
 def client_vector_fd(client: Client, peer: int, vector: int) -> int | None:
     """The descriptor ``int <peer> <vector>`` writes (C:346-369), or ``None``."""
     if client.stage != 3:

@@ -387,6 +387,9 @@ def _client_deliver(state: SystemState, e: int) -> StepResult | None:
         work.obs.extend([{"error": error}, fate.to_json()])
         work.endpoints[e] = replace(ep, fate=fate)
     else:
+        # ivshmem_client_free_peer closes the vectors of a peer that left (C:91-141).
+        for d in srv.client_descriptors(ep.client) - srv.client_descriptors(client):
+            work.world.close_fd(d)
         work.endpoints[e] = replace(ep, client=client)
     return work.commit()
 
