@@ -56,7 +56,6 @@ from model.actions import (
 from model.msix import msix_pba_mmio_read, msix_table_mmio_write
 from model.proc import Abort, Crash, Hang, Proc, World, WouldBlock, line_number, line_where
 from model.state import (
-    IVSHMEM_MSI,
     Client,
     Device,
     Endpoint,
@@ -627,9 +626,10 @@ def candidates(state: SystemState) -> Iterator[Action]:
                 yield Realize(e, name, props)
             continue
         yield MmioRead(e, int(dev.Reg.IVPOSITION), 4)
-        if device.interrupt_pin and not device.features & (1 << IVSHMEM_MSI):
+        if device.interrupt_pin:  # the legacy device: INTRMASK/INTRSTATUS may drive INTx
             yield MmioRead(e, int(dev.Reg.INTRSTATUS), 4)
             yield MmioWrite(e, int(dev.Reg.INTRMASK), 0xFFFFFFFF, 4)
+            yield MmioWrite(e, int(dev.Reg.INTRSTATUS), 1, 4)
         for dest in range(config.endpoints):
             for vector in range(min(device.vectors, 2) + 1 if device.vectors else 1):
                 yield Ring(e, dest, vector)

@@ -1,8 +1,7 @@
 """The ``before-<commit>`` variants: the seed with one historical fix reverted (facts §6.2).
 
 Each variant differs from the seed in exactly one flag, which cites its commit; each has a
-counterexample in the corpus that it violates and the seed passes (except 2d1d422d1145, whose
-trace the checkers cannot reach: see ``test_intx_with_msi_needs_a_hand_written_trace``).
+counterexample in the corpus, found by a checker, that it violates and the seed passes.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from model.variants import BEFORE, BEFORE_COMMITS, FIXED, QEMU_7_2, SEED, Varian
 from properties.corpus import differential_search
 
 CORPUS = Path(__file__).resolve().parent.parent / "counterexamples"
-FOUND = [c for c in BEFORE_COMMITS if c != "2d1d422d1145"]
+FOUND = list(BEFORE_COMMITS)
 
 
 def _before_flags(variant: Variant) -> list[str]:
@@ -70,10 +69,9 @@ def test_the_differential_explorer_finds_a_reverted_fix(
     assert len(next(f for f in found if f.property == prop).path) == depth
 
 
-def test_intx_with_msi_needs_a_hand_written_trace() -> None:
+def test_intx_with_msi_on_the_legacy_device() -> None:
     """Before 2d1d422d1145 the legacy device with msi=on (pin 1) drove INTx from its status
-    and mask registers.  The checkers offer INTRMASK/INTRSTATUS writes only to devices without
-    MSI, so this trace is hand-written and kept here, not in the corpus."""
+    and mask registers; the seed leaves INTx alone."""
     config = contrib(endpoints=1)
     steps = (
         Connect(0),
