@@ -41,6 +41,7 @@ class NamedConfig:
     description: str
     config: Config
     depth: int = 8
+    seconds: float = 10.0  # the explorer's time budget in `check`
 
 
 def named_config_from_json(obj: Any, fallback_name: str) -> NamedConfig:
@@ -52,11 +53,16 @@ def named_config_from_json(obj: Any, fallback_name: str) -> NamedConfig:
     depth = obj.get("depth", 8)
     if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 64:
         raise TraceError(f"expected an integer in [1, 64], got {json.dumps(depth)}", "depth")
+    seconds = obj.get("seconds", 10.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 600:
+        raise TraceError(f"expected a number of seconds in (0, 600], got {json.dumps(seconds)}",
+                         "seconds")
     return NamedConfig(
         name=str(obj.get("name", fallback_name)),
         description=str(obj.get("description", "")),
         config=config_from_json(body),
         depth=depth,
+        seconds=float(seconds),
     )
 
 
@@ -159,9 +165,9 @@ def _hypothesis(config: Config, variant: Variant) -> tuple[int, Any]:
 # The variants `check` runs by default; `--history` adds every before-<commit> variant.
 MAIN_VARIANTS = ("seed", "qemu-7.2", "fixed")
 
-# Per run: the explorer's bounds.  Two runs go in parallel (the machine has two cores).
+# Per run: the explorer's state bound (its time budget is the configuration's "seconds").
+# Two runs go in parallel (the machine has two cores).
 EXPLORE_STATES = 80_000
-EXPLORE_SECONDS = 10.0
 
 
 def check_one(named: NamedConfig, variant_name: str, out: str, hypothesis: bool) -> dict[str, Any]:
@@ -172,7 +178,7 @@ def check_one(named: NamedConfig, variant_name: str, out: str, hypothesis: bool)
     result = explore(
         named.config, variant,
         ExploreOptions(max_depth=named.depth, max_states=EXPLORE_STATES,
-                       time_limit=EXPLORE_SECONDS),
+                       time_limit=named.seconds, symmetry=True),
     )
     run: dict[str, Any] = {
         "config": named.name, "variant": variant.name,
