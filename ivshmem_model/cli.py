@@ -20,6 +20,7 @@ from model.executor.cli import add_subcommands as add_executor_subcommands
 from model.variants import VARIANTS, get_variant
 from properties.corpus import update_expectations
 from properties.explore_cli import add_subcommands as add_graph_subcommands
+from properties.prove_cli import add_subcommands as add_prove_subcommands
 from properties.trace import as_program, replay, run_trace
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_replay)
 
     add_graph_subcommands(sub)
+    add_prove_subcommands(sub)
     add_corpus_subcommands(sub)
     add_executor_subcommands(sub)
     return parser

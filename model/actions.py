@@ -391,7 +391,10 @@ def action_from_json(obj: Any) -> Action:
             kwargs[key] = _check_field(cls, key, obj[key])
         elif f.default is f.default_factory:  # MISSING for both: a required field
             raise TraceError(f'missing field for action "{name}"', key)
-    return cls(**kwargs)
+    action = cls(**kwargs)
+    if isinstance(action, MmioWrite) and action.value >> (8 * action.size):
+        raise TraceError(f"{action.value} does not fit in {action.size} byte(s)", "value")
+    return action
 
 
 # ---------------------------------------------------------------------------------------------

@@ -328,6 +328,7 @@ def memory_region_dispatch_write(
     """
     if addr % size:
         return
+    value &= (1 << (8 * size)) - 1  # a CPU access of `size` bytes carries no more bits
     if ioeventfd_host and size == 4 and addr == Reg.DOORBELL:
         for datamatch, d in s.ioeventfds:
             if datamatch == value:
@@ -494,7 +495,7 @@ def ivshmem_add_kvm_msi_virq(s: IVShmemState, vector: int, errp: Errp) -> None:
         raise Abort("pci_get_msi_message: unknown interrupt type", "pci.c pci_get_msi_message")
     msix_get_message(s, vector)
     virq = s.proc.kvm_add_msi_route(vector)
-    s.msi_vectors[vector] = MSIVector(True, virq, False)
+    s.msi_vectors[vector] = MSIVector(True, virq, msi_vector(s, vector, 475).unmasked)
 
 
 def setup_interrupt(s: IVShmemState, vector: int, errp: Errp) -> None:

@@ -170,3 +170,10 @@ def test_counterexample_round_trip() -> None:
 def test_pba_read_offset_is_optional_in_json() -> None:
     assert PbaRead(0).to_json() == {"action": "pba_read", "endpoint": 0}
     assert MmioWrite(0, 12, 1).size == 4
+
+
+def test_mmio_write_value_must_fit_its_size() -> None:
+    with pytest.raises(TraceError) as info:
+        action_from_json({"action": "mmio_write", "endpoint": 0, "offset": 12,
+                          "value": 65536, "size": 1})
+    assert info.value.where == "value" and "does not fit in 1 byte" in info.value.message
