@@ -33,7 +33,7 @@ from model.actions import (
 from model.variants import FIXED, VARIANTS, Variant, get_variant
 from properties.explore import ExploreOptions, ExploreResult, explore
 from properties.invariants import PROPERTIES, SAFETY, site_of
-from properties.trace import run_trace
+from properties.trace import expectations
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +87,6 @@ def load_config_file(path: str) -> NamedConfig:
 
 # ---------------------------------------------------------------------------------------------
 # Counterexamples
-
-
-def expectations(config: Config, steps: tuple[Action, ...], prop: str) -> dict[str, Any]:
-    """What every variant does with this trace, as counterexample expectations."""
-    expect: dict[str, Any] = {}
-    for name, variant in VARIANTS.items():
-        result = run_trace(Trace(config, steps), variant)
-        if result.disabled_step is not None:
-            continue
-        hit = result.first(prop)
-        expect[name] = "holds" if hit is None else {"violates": prop, "step": hit.step}
-    return expect
 
 
 def slug(text: str) -> str:

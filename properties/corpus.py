@@ -36,7 +36,7 @@ from model.actions import (
 )
 from model.variants import SEED, VARIANTS, Variant, get_variant
 from properties.invariants import site_of, violations
-from properties.trace import run_trace
+from properties.trace import expectations, run_trace
 
 Steps = tuple[Action, ...]
 Outcome = str | None  # None: holds; otherwise the site of the first violation
@@ -65,20 +65,6 @@ def outcomes(config: Config, steps: Steps, prop: str, names: Iterable[str]) -> O
             return None
         out[name] = got if isinstance(got, str) else None
     return out
-
-
-def expectations(config: Config, steps: Steps, prop: str) -> dict[str, Any]:
-    """What every registered variant does with this trace (as ``ivshmem_model.check`` writes
-    it): ``"holds"`` or ``{"violates": prop, "step": i}``; variants it does not run under are
-    left out."""
-    expect: dict[str, Any] = {}
-    for name, variant in VARIANTS.items():
-        result = run_trace(Trace(config, steps), variant)
-        if result.disabled_step is not None:
-            continue
-        hit = result.first(prop)
-        expect[name] = "holds" if hit is None else {"violates": prop, "step": hit.step}
-    return expect
 
 
 def update_expectations(path: str | Path) -> bool:
@@ -301,7 +287,7 @@ def differential_search(
     then, in order of depth, the first state per (property, site) whose path from the initial
     state violates that property under ``variant`` while ``baseline`` holds it on the same
     trace.  Shortest such paths within the bounds; each replayed through ``run_trace``."""
-    from properties.explore import ExploreOptions, explore
+    from properties.explore import ExploreOptions, explore, rebuild_path
 
     began = time.perf_counter()
     result = explore(config, variant, ExploreOptions(
@@ -319,13 +305,7 @@ def differential_search(
                 order.append(nxt)
 
     def path_to(node: int) -> Steps:
-        actions: list[Action] = []
-        link = parent[node]
-        while link is not None:
-            node, action = link
-            actions.append(action)
-            link = parent[node]
-        return tuple(reversed(actions))
+        return rebuild_path(parent, node)  # type: ignore[arg-type]
 
     found: dict[tuple[str, str], DiffFinding] = {}
     tried: dict[tuple[str, str], int] = {}

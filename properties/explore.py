@@ -80,7 +80,8 @@ Parents = dict[Key, tuple[Key, Action] | None]
 SOMETIMES = tuple(p for p in PROPERTIES if p.witness is not None)
 
 
-def _path(parents: Parents, key: Key) -> tuple[Action, ...]:
+def rebuild_path(parents: Parents, key: Key) -> tuple[Action, ...]:
+    """The actions from the root to ``key``, following the parent links."""
     actions: list[Action] = []
     link = parents[key]
     while link is not None:
@@ -112,12 +113,12 @@ class _Search:
         for name, message in found:
             site = (name, site_of(message))
             if site not in self.result.found:
-                self.result.found[site] = Finding(name, message, _path(self.parents, key))
+                self.result.found[site] = Finding(name, message, rebuild_path(self.parents, key))
 
     def witness(self, key: Key, action: Action, names: list[str]) -> None:
         for name in names:
             if name not in self.result.witnesses:
-                self.result.witnesses[name] = (*_path(self.parents, key), action)
+                self.result.witnesses[name] = (*rebuild_path(self.parents, key), action)
 
     def finish(self) -> ExploreResult:
         """Replay every path through ``step``; keep only those that end as reported."""

@@ -142,6 +142,22 @@ def judge(cx: Counterexample, variant: str, expect: Any, result: RunResult) -> R
     return ReplayOutcome(variant, expected, observed, True)
 
 
+def expectations(config: Config, steps: tuple[Action, ...], prop: str) -> dict[str, Any]:
+    """What every registered variant does with this trace, as counterexample expectations:
+    ``"holds"`` or ``{"violates": prop, "step": i}``; variants under which a step is not
+    enabled are left out."""
+    from model.variants import VARIANTS
+
+    expect: dict[str, Any] = {}
+    for name, variant in VARIANTS.items():
+        result = run_trace(Trace(config, steps), variant)
+        if result.disabled_step is not None:
+            continue
+        hit = result.first(prop)
+        expect[name] = "holds" if hit is None else {"violates": prop, "step": hit.step}
+    return expect
+
+
 def as_program(config: Config, steps: list[Action] | tuple[Action, ...]) -> str:
     """The trace as a Python program over ``initial_state`` and ``step``."""
     lines = [
