@@ -214,7 +214,22 @@ BEFORE: tuple[Variant, ...] = tuple(
     for commit in BEFORE_COMMITS
 )
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (SEED, QEMU_7_2, FIXED, *BEFORE)}
+# Fixes made after the seed (facts §6.1, §8): the variant that has the fix, with exactly that
+# fix reverted.  Only the fixes some property can tell apart are here: 15377f6e79cc (range
+# asserts), 2d37fe9e5e61 (poll notifier rollback), 42e2a7a0ab23 (PBA poll range) and
+# 8ccd35f25cdf (shm message without fd) change behaviour that no property judges.
+POST_SEED_FIXES = (
+    ("e34e47eb28c0", QEMU_7_2, "event_notifier_initialized"),
+    ("ef44cc0a7624", FIXED, "msix_nentries_uint32"),
+)
+BEFORE_POST_SEED: tuple[Variant, ...] = tuple(
+    replace(base, name=f"before-{commit}", **{flag: False})
+    for commit, base, flag in POST_SEED_FIXES
+)
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v for v in (SEED, QEMU_7_2, FIXED, *BEFORE, *BEFORE_POST_SEED)
+}
 
 
 def get_variant(name: str) -> Variant:

@@ -14,7 +14,16 @@ from helpers import contrib, run
 
 from model.actions import Connect, MmioWrite, Realize, load_counterexample
 from model.device import Reg
-from model.variants import BEFORE, BEFORE_COMMITS, FIXED, QEMU_7_2, SEED, Variant
+from model.variants import (
+    BEFORE,
+    BEFORE_COMMITS,
+    BEFORE_POST_SEED,
+    FIXED,
+    POST_SEED_FIXES,
+    QEMU_7_2,
+    SEED,
+    Variant,
+)
 from properties.corpus import differential_search
 
 CORPUS = Path(__file__).resolve().parent.parent / "counterexamples"
@@ -85,3 +94,22 @@ def test_intx_with_msi_on_the_legacy_device() -> None:
     hit = before.first("intx_rule")
     assert hit is not None and hit.step == 3
     assert run(config, *steps).first("intx_rule") is None
+
+
+@pytest.mark.parametrize(("commit", "base", "flag"), POST_SEED_FIXES,
+                         ids=[c for c, _, _ in POST_SEED_FIXES])
+def test_a_post_seed_fix_is_reverted_from_the_release_that_has_it(
+    commit: str, base: Variant, flag: str
+) -> None:
+    variant = next(v for v in BEFORE_POST_SEED if v.name == f"before-{commit}")
+    assert getattr(base, flag) and not getattr(variant, flag)
+    differing = [k for k, on in variant.flags().items() if on != base.flags()[k]]
+    assert differing == [flag]
+    meta = next(f.metadata for f in fields(variant) if f.name == flag)
+    assert meta["commit"] == commit
+    shown = [
+        path.name for path in sorted(CORPUS.glob("*.json"))
+        if (expect := dict(load_counterexample(str(path)).expect)).get(base.name) == "holds"
+        and expect.get(f"before-{commit}", "holds") != "holds"
+    ]
+    assert shown, f"no counterexample shows before-{commit} against {base.name}"
