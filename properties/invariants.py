@@ -105,11 +105,15 @@ def mask_balance(state: SystemState) -> str | None:
 
 
 def route_balance(state: SystemState) -> str | None:
-    """A KVM MSI route exists exactly when the vector's ``pdev`` is set (irqfd mode), and none
-    is left once MSI-X is disabled, the device reset or unplugged."""
+    """A KVM MSI route exists exactly when the vector's ``pdev`` is set (irqfd mode), none is
+    left once MSI-X is disabled, the device reset or unplugged, and no irqfd stays attached to
+    a route that was released (it would inject nothing, or whatever reuses the route)."""
     for e, ep in _running(state):
         device = ep.device
         routes = list(ep.kvm_routes)
+        stray = sorted({virq for virq, _ in ep.irqfds} - set(routes))
+        if stray:
+            return f"endpoint {e}: irqfds attached to released routes {stray}"
         if device is None or not _irqfd_mode(state, ep):
             if routes:
                 where = "after unplug" if device is None else "without irqfd"
