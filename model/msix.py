@@ -225,6 +225,10 @@ def msix_notify(dev: PCIDevice, vector: int) -> None:
         msix_set_pending(dev, vector)
         return
     msix_get_message(dev, vector)
+    if not msix_enabled(dev):
+        # Reachable through the stale msix_function_masked that msix_reset leaves behind.
+        dev.proc.fault("msi_misuse", f"MSI for vector {vector} sent while MSI-X is disabled",
+                       "msix.c msix_notify")
     dev.proc.obs.append({"msi": vector})
 
 

@@ -216,10 +216,11 @@ BEFORE: tuple[Variant, ...] = tuple(
 
 # Fixes made after the seed (facts §6.1, §8): the variant that has the fix, with exactly that
 # fix reverted.  Only the fixes some property can tell apart are here: 15377f6e79cc (range
-# asserts), 2d37fe9e5e61 (poll notifier rollback), 42e2a7a0ab23 (PBA poll range) and
-# 8ccd35f25cdf (shm message without fd) change behaviour that no property judges.
+# asserts), 42e2a7a0ab23 (PBA poll range) and 8ccd35f25cdf (shm message without fd) change
+# behaviour that no property judges.
 POST_SEED_FIXES = (
     ("e34e47eb28c0", QEMU_7_2, "event_notifier_initialized"),
+    ("2d37fe9e5e61", QEMU_7_2, "msix_rollback_clears_poll"),
     ("ef44cc0a7624", FIXED, "msix_nentries_uint32"),
 )
 BEFORE_POST_SEED: tuple[Variant, ...] = tuple(

@@ -231,6 +231,16 @@ def master_unique(state: SystemState) -> str | None:
     return None
 
 
+def msi_rule(state: SystemState) -> str | None:
+    """A device sends an MSI only while its guest has MSI-X enabled: a disabled function
+    raises no interrupt, whatever is pending."""
+    for e, ep in _running(state):
+        for fault in ep.faults:
+            if fault.kind == "msi_misuse":
+                return f"endpoint {e} at {_at(fault.line, fault.where)}: {fault.detail}"
+    return None
+
+
 def _has(kind: str) -> Callable[[list[Observation]], bool]:
     return lambda obs: any(kind in o for o in obs)
 
@@ -248,6 +258,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("intx_rule", "always", intx_rule.__doc__ or "", check=intx_rule),
     Property("master_unique", "always", master_unique.__doc__ or "", check=master_unique),
     Property("no_hang", "always", no_hang.__doc__ or "", check=no_hang),
+    Property("msi_rule", "always", msi_rule.__doc__ or "", check=msi_rule),
     Property(
         "doorbell_reaches_msi", "sometimes",
         "Some step delivers an MSI to a guest: the model can ring a doorbell end to end.",

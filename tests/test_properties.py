@@ -58,6 +58,7 @@ def test_a_healthy_state_satisfies_every_property() -> None:
         ("no_abort", "unmask-without-route-aborts"),
         ("fd_conservation", "vector-poll-reads-stdin"),
         ("no_hang", "realize-spins-on-closed-socket"),
+        ("msi_rule", "msi-while-msix-disabled-after-reset"),
     ],
 )
 def test_property_fails_on_a_seed_trace(name: str, corpus_file: str) -> None:
@@ -122,5 +123,5 @@ def test_site_of_names_the_seed_line() -> None:
 def test_every_safety_property_has_a_failing_test_above() -> None:
     tested = {"vector_bounds", "mask_balance", "route_balance", "memory_safety", "no_abort",
               "fd_conservation", "no_hang", "id_unique", "master_unique", "peer_view",
-              "ivposition", "intx_rule"}
+              "ivposition", "intx_rule", "msi_rule"}
     assert {p.name for p in SAFETY} == tested
