@@ -21,7 +21,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from model.actions import (
 )
 from model.variants import SEED, VARIANTS, Variant, get_variant
 from properties.invariants import site_of, violations
+from properties.minimize import Keep, ddmin
 from properties.trace import expectations, run_trace
 
 Steps = tuple[Action, ...]
@@ -159,25 +160,6 @@ def duplicates(corpus: Iterable[Counterexample]) -> list[list[str]]:
 
 # ---------------------------------------------------------------------------------------------
 # Minimization
-
-
-Keep = Callable[[Config, Steps], bool]
-
-
-def ddmin(config: Config, steps: Steps, keep: Keep) -> Steps:
-    """Delta debugging: drop chunks of steps while ``keep`` still holds; 1-minimal result."""
-    chunk = max(1, len(steps) // 2)
-    while chunk >= 1:
-        index, removed = 0, False
-        while index < len(steps):
-            candidate = steps[:index] + steps[index + chunk:]
-            if candidate and keep(config, candidate):
-                steps, removed = candidate, True
-            else:
-                index += chunk
-        if not removed:
-            chunk //= 2
-    return steps
 
 
 SIMPLIFIABLE = ("vector", "peer", "value", "offset")

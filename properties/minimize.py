@@ -7,9 +7,29 @@ shrinker for our short traces: a few hundred replays of a dozen steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from model.actions import Action, Config, Trace
 from model.variants import Variant
 from properties.trace import run_trace
+
+Keep = Callable[[Config, tuple[Action, ...]], bool]
+
+
+def ddmin(config: Config, steps: tuple[Action, ...], keep: Keep) -> tuple[Action, ...]:
+    """Delta debugging: drop chunks of steps while ``keep`` still holds; 1-minimal result."""
+    chunk = max(1, len(steps) // 2)
+    while chunk >= 1:
+        index, removed = 0, False
+        while index < len(steps):
+            candidate = steps[:index] + steps[index + chunk:]
+            if candidate and keep(config, candidate):
+                steps, removed = candidate, True
+            else:
+                index += chunk
+        if not removed:
+            chunk //= 2
+    return steps
 
 
 def still_fails(config: Config, steps: tuple[Action, ...], variant: Variant, prop: str) -> bool:
@@ -20,22 +40,9 @@ def still_fails(config: Config, steps: tuple[Action, ...], variant: Variant, pro
 def minimize(config: Config, steps: tuple[Action, ...], variant: Variant,
              prop: str) -> tuple[Action, ...]:
     """The shortest prefix that fails, then ddmin over its steps."""
-    if not still_fails(config, steps, variant, prop):
+    result = run_trace(Trace(config, steps), variant)
+    hit = result.first(prop)
+    if result.disabled_step is not None or hit is None:
         return steps
-    hit = run_trace(Trace(config, steps), variant).first(prop)
-    assert hit is not None
-    steps = steps[: hit.step + 1]
-    chunk = max(1, len(steps) // 2)
-    while chunk >= 1:
-        index = 0
-        removed = False
-        while index < len(steps):
-            candidate = steps[:index] + steps[index + chunk:]
-            if candidate and still_fails(config, candidate, variant, prop):
-                steps = candidate
-                removed = True
-            else:
-                index += chunk
-        if not removed:
-            chunk //= 2
-    return steps
+    return ddmin(config, steps[: hit.step + 1],
+                 lambda c, s: still_fails(c, s, variant, prop))
