@@ -30,7 +30,7 @@ from model.actions import (
     load_counterexample,
     load_json_file,
 )
-from model.variants import FIXED, VARIANTS, Variant, get_variant
+from model.variants import FIXED, VARIANTS, Variant, get_variant, variant_option
 from properties.explore import ExploreOptions, ExploreResult, explore
 from properties.invariants import PROPERTIES, SAFETY, site_of
 from properties.trace import expectations
@@ -306,10 +306,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_explore(args: argparse.Namespace) -> int:
     named = load_config_file(args.config) if args.config else embedded_configs()[0]
-    try:
-        variant = get_variant(args.variant)
-    except KeyError as err:
-        raise TraceError(str(err.args[0]), "--variant") from None
+    variant = variant_option(args.variant)
     depth = args.depth if args.depth is not None else named.depth
     console = Console(stderr=True, quiet=bool(args.json))
     with console.status("exploring") as status:

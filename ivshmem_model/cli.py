@@ -17,7 +17,7 @@ from typing import Any
 from ivshmem_model.corpus_cli import add_subcommands as add_corpus_subcommands
 from model.actions import TraceError, load_counterexample, load_trace
 from model.executor.cli import add_subcommands as add_executor_subcommands
-from model.variants import VARIANTS, get_variant
+from model.variants import VARIANTS, variant_option
 from properties.corpus import update_expectations
 from properties.explore_cli import add_subcommands as add_graph_subcommands
 from properties.prove_cli import add_subcommands as add_prove_subcommands
@@ -30,13 +30,6 @@ class BadInputError(Exception):
     """A user error: printed as one line on stderr, exit 2."""
 
 
-def _variant(name: str) -> Any:
-    try:
-        return get_variant(name)
-    except KeyError as err:
-        raise BadInputError(str(err.args[0])) from None
-
-
 # ---------------------------------------------------------------------------------------------
 # run
 
@@ -46,7 +39,7 @@ def _compact(obj: Any) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    variant = _variant(args.variant)
+    variant = variant_option(args.variant)
     trace = load_trace(args.trace)
     result = run_trace(trace, variant)
     if args.json:
@@ -93,7 +86,7 @@ def _counterexample_files(paths: Sequence[str]) -> list[Path]:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     if args.variant is not None:
-        _variant(args.variant)
+        variant_option(args.variant)
     files = _counterexample_files(args.paths)
     if not files:
         raise BadInputError(f"no counterexample files in {', '.join(args.paths)}")

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from model.actions import TraceError
+
 
 def flag(commit: str, lines: str, why: str) -> Any:
     """A variant flag, off by default, with its provenance."""
@@ -231,6 +233,14 @@ BEFORE_POST_SEED: tuple[Variant, ...] = tuple(
 VARIANTS: dict[str, Variant] = {
     v.name: v for v in (SEED, QEMU_7_2, FIXED, *BEFORE, *BEFORE_POST_SEED)
 }
+
+
+def variant_option(name: str) -> Variant:
+    """``get_variant`` for a command-line ``--variant``: an unknown name is bad input."""
+    try:
+        return get_variant(name)
+    except KeyError as err:
+        raise TraceError(str(err.args[0]), "--variant") from None
 
 
 def get_variant(name: str) -> Variant:

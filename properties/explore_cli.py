@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from model.actions import TraceError, load_trace
-from model.variants import get_variant
+from model.variants import variant_option
 from properties.graph import (
     GraphvizMissingError,
     counterexample_graph,
@@ -29,10 +29,7 @@ EXIT_OK, EXIT_BAD_INPUT = 0, 2
 def cmd_graph(args: argparse.Namespace) -> int:
     from ivshmem_model.check import embedded_configs, load_config_file
 
-    try:
-        variant = get_variant(args.variant)
-    except KeyError as err:
-        raise TraceError(str(err.args[0]), "--variant") from None
+    variant = variant_option(args.variant)
     if args.depth is not None and not 0 <= args.depth <= 64:
         raise TraceError(f"expected a depth in [0, 64], got {args.depth}", "--depth")
     if args.counterexample:

@@ -14,7 +14,7 @@ from typing import Any
 
 import z3
 
-from model.variants import get_variant
+from model.variants import get_variant, variant_option
 from properties import symbolic, symbolic_decode
 
 DEFAULT_VARIANTS = ("seed", "qemu-7.2", "fixed")
@@ -83,11 +83,8 @@ def run_prove(args: argparse.Namespace) -> int:
     from model.actions import TraceError
 
     variants = args.variants or list(DEFAULT_VARIANTS)
-    try:
-        for name in variants:
-            get_variant(name)
-    except KeyError as err:
-        raise TraceError(str(err.args[0]), "--variant") from None
+    for name in variants:
+        variant_option(name)
     if not 1 <= args.depth <= 32:
         raise TraceError(f"expected a depth in [1, 32], got {args.depth}", "--depth")
     results = prove_all(variants, args.depth, Path(args.out))
