@@ -40,14 +40,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 settings.register_profile(
-    "check",
-    max_examples=20,
-    stateful_step_count=15,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=(Phase.explicit, Phase.generate),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    "check", settings(settings.get_profile("ci"), max_examples=20, stateful_step_count=15)
 )
 settings.register_profile(
     "deep",
