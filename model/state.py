@@ -237,7 +237,6 @@ class Server:
     cur_id: int = 0
     shm_obj: int = -1
     peers: tuple[ServerPeer, ...] = ()
-    ids_assigned: tuple[int, ...] = ()  # ids handed out, per connection, for id_unique
     _hash: int = _hash_slot()
 
 

@@ -137,6 +137,16 @@ class Work:
         )
         self.obs.extend(proc.obs)
 
+    def finish(
+        self, e: int, proc: Proc, device: Device | None, fate: Fate | None = None,
+        unplugged: bool | None = None,
+    ) -> StepResult:
+        """Store endpoint ``e`` (reporting its fate, if it ended) and commit the step."""
+        if fate is not None:
+            proc.obs.append(fate.to_json())
+        self.store_proc(e, proc, device, fate, unplugged)
+        return self.commit()
+
     def exit_process(self, e: int) -> None:
         """The process is gone: the kernel closes its descriptors and its socket."""
         for d, entry in enumerate(self.world.fds):
@@ -252,12 +262,8 @@ def _run_device(
     except WouldBlock:
         return None
     except (Abort, Crash, Hang) as exc:
-        fate = _fate_of(exc)
-        proc.obs.append(fate.to_json())
-        work.store_proc(e, proc, device=s.freeze(), fate=fate)
-        return work.commit()
-    work.store_proc(e, proc, device=s.freeze())
-    return work.commit()
+        return work.finish(e, proc, s.freeze(), _fate_of(exc))
+    return work.finish(e, proc, s.freeze())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,18 +345,11 @@ def _realize(state: SystemState, a: Realize) -> StepResult | None:
     except WouldBlock:
         return None
     except (Abort, Crash, Hang) as exc:
-        fate = _fate_of(exc)
-        proc.obs.append(fate.to_json())
-        work.store_proc(a.endpoint, proc, None, fate=fate)
-        return work.commit()
+        return work.finish(a.endpoint, proc, None, _fate_of(exc))
     if s is None:
-        fate = Fate("failed", error or "")
         proc.obs.append({"error": error})
-        proc.obs.append(fate.to_json())
-        work.store_proc(a.endpoint, proc, None, fate=fate)
-        return work.commit()
-    work.store_proc(a.endpoint, proc, device=s.freeze(), unplugged=False)
-    return work.commit()
+        return work.finish(a.endpoint, proc, None, Fate("failed", error or ""))
+    return work.finish(a.endpoint, proc, s.freeze(), unplugged=False)
 
 
 def _deliver(state: SystemState, a: Deliver) -> StepResult | None:
