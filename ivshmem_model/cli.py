@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ivshmem_model.conform_cli import add_backend_options, replay_on_qemu, run_on_qemu
+from ivshmem_model.conform_cli import add_subcommands as add_conform_subcommands
 from ivshmem_model.corpus_cli import add_subcommands as add_corpus_subcommands
 from model.actions import TraceError, load_counterexample, load_trace
 from model.executor.cli import add_subcommands as add_executor_subcommands
@@ -39,6 +41,8 @@ def _compact(obj: Any) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.backend == "qemu":
+        return run_on_qemu(args)
     variant = variant_option(args.variant)
     trace = load_trace(args.trace)
     result = run_trace(trace, variant)
@@ -90,6 +94,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     files = _counterexample_files(args.paths)
     if not files:
         raise BadInputError(f"no counterexample files in {', '.join(args.paths)}")
+    if args.backend == "qemu":
+        return replay_on_qemu(args, files)
     worst = EXIT_OK
     report: list[dict[str, Any]] = []
     for path in files:
@@ -180,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="machine-readable output")
     run.add_argument("--program", action="store_true",
                      help="also print the trace as a Python program")
+    add_backend_options(run)
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("replay", help="check counterexample expectations")
@@ -187,12 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--variant", default=None, help="only this variant's expectation")
     rep.add_argument("--json", action="store_true", help="machine-readable output")
     rep.add_argument("--update", action="store_true",
-                     help="rewrite each file's expectations from what every variant does now")
+                     help="rewrite each file's expectations from what every variant does "
+                          "now (with --backend qemu: record what QEMU did)")
+    add_backend_options(rep)
     rep.set_defaults(func=cmd_replay)
 
     add_graph_subcommands(sub)
     add_prove_subcommands(sub)
     add_corpus_subcommands(sub)
+    add_conform_subcommands(sub)
     add_executor_subcommands(sub)
     return parser
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 
 TRACE_FORMAT = "ivshmem-trace/1"
 COUNTEREXAMPLE_FORMAT = "ivshmem-counterexample/1"
+CONFORMANCE_FORMAT = "ivshmem-conformance/1"
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -687,11 +688,14 @@ def load_json_file(path: str) -> Any:
 
 
 def load_trace(path: str) -> Trace:
-    """A trace file; a counterexample file is accepted too (its trace is used)."""
+    """A trace file; a counterexample or conformance-case file is accepted too (its trace is
+    used)."""
     obj = load_json_file(path)
     try:
         if isinstance(obj, Mapping) and obj.get("format") == COUNTEREXAMPLE_FORMAT:
             return counterexample_from_json(obj).trace
+        if isinstance(obj, Mapping) and obj.get("format") == CONFORMANCE_FORMAT:
+            return trace_from_json(_object(obj.get("trace"), "trace"), require_format=False)
         return trace_from_json(obj)
     except TraceError as err:
         raise TraceError(err.message, f"{path}: {err.where}" if err.where else path) from None

@@ -537,7 +537,7 @@ def _reset(state: SystemState, a: Reset) -> StepResult | None:
 
 
 def _unplug(state: SystemState, a: Unplug) -> StepResult | None:
-    result = _run_device(state, a.endpoint, dev.ivshmem_exit)
+    result = _run_device(state, a.endpoint, dev.pci_qdev_unrealize)
     if result is None:
         return None
     after, obs = result

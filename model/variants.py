@@ -153,7 +153,8 @@ class Variant:
         "proposed", "985-991",
         "ivshmem_exit calls munmap with length 0 (the '== -1' is inside the call) and closes "
         "the BAR2 fd, which the RAM block closes again in reclaim_ramblock: leave both to the "
-        "RAM block",
+        "RAM block.  Unreachable while the PCI core unmaps BARs before exit "
+        "(device.pci_qdev_unrealize); kept for a core that unmaps them after it",
     )
     recv_msg_eof_is_error: bool = flag(
         "proposed", "660-672",

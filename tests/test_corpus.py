@@ -61,7 +61,7 @@ def test_renumbered_endpoints_are_the_same_counterexample() -> None:
     assert swapped.trace != cx.trace
     assert violation_site(swapped) == violation_site(cx) == "seed 439"
     assert identity(swapped) == identity(cx)
-    other = load_counterexample(str(CORPUS / "bar2-fd-closed-twice-on-unplug.json"))
+    other = load_counterexample(str(CORPUS / "unplug-leaves-kvm-routes.json"))
     assert duplicates([cx, swapped, other]) == [sorted([cx.name, "swapped"])]
 
 

@@ -128,7 +128,7 @@ def test_msix_enabled_doorbell_sets_the_pending_bit() -> None:
 
 
 def test_contrib_counterexamples_agree() -> None:
-    for name in ("peer-eventfds-freed-twice", "bar2-fd-closed-twice-on-unplug",
+    for name in ("peer-eventfds-freed-twice", "unmask-without-route-aborts",
                  "msix-reenable-after-leaked-route-aborts"):
         cx = load_counterexample(str(ROOT / "counterexamples" / f"{name}.json"))
         report = run_lockstep(cx.trace)

@@ -13,7 +13,7 @@ from properties.trace import run_trace
 CONFIGS = {c.name: c.config for c in embedded_configs()}
 
 
-@pytest.mark.parametrize("name", ["contrib-tcg", "scripted-kvm"])
+@pytest.mark.parametrize("name", ["contrib-kvm", "scripted-kvm"])
 def test_hypothesis_finds_a_seed_violation(name: str) -> None:
     failure = run_machine(CONFIGS[name], SEED, "ci")
     assert failure is not None

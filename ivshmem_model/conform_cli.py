@@ -1,0 +1,150 @@
+"""The QEMU side of the command line: ``run``/``replay --backend qemu`` and ``conform``.
+
+``conform`` runs traces on the model (variant ``qemu-7.2``) and on QEMU and prints the first
+step where they differ; ``replay --backend qemu`` confirms counterexamples on QEMU and, with
+``--update``, records what QEMU did in each file (its ``qemu`` field, by QEMU version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from model.actions import (
+    COUNTEREXAMPLE_FORMAT,
+    TraceError,
+    load_counterexample,
+    load_json_file,
+    load_trace,
+)
+from model.executor.qemu.backend import QemuBackend
+from properties.conform import confirm, conform, violated_step
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=("model", "qemu"), default="model",
+                        help="who runs the trace (default: %(default)s)")
+    parser.add_argument("--qemu", default=None, metavar="PATH",
+                        help="the qemu-system-x86_64 to run (default: the one on PATH)")
+    parser.add_argument("--kvm", action="store_true",
+                        help="run QEMU under KVM (the irqfd path); default TCG unless the "
+                             "trace's host has kvm_msi_irqfd")
+    parser.add_argument("--memcheck", action="store_true",
+                        help="run QEMU under valgrind's memcheck (invalid accesses end it)")
+
+
+def backend_from(args: argparse.Namespace) -> QemuBackend:
+    try:
+        return QemuBackend(args.qemu, kvm=args.kvm, memcheck=args.memcheck)
+    except FileNotFoundError as err:
+        raise TraceError(str(err)) from None
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(", ", ": "))
+
+
+def run_on_qemu(args: argparse.Namespace) -> int:
+    trace = load_trace(args.trace)
+    result = backend_from(args).run(trace)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return EXIT_OK
+    print(f"{result.backend}: {len(trace.steps)} steps, {trace.config.endpoints} endpoint(s), "
+          f"{trace.config.server.policy} server, {result.seconds:.2f} s")
+    for record in result.steps:
+        print(f"[{record.index}] {_compact(record.action.to_json())}")
+        if not record.enabled:
+            print("    DISABLED: QEMU cannot take this step here; the run stops")
+        for obs in record.observations:
+            print(f"    {_compact(obs)}")
+    if result.unsupported is not None:
+        print(f"not run on QEMU: {result.unsupported}")
+    for endpoint, outcome in sorted(result.outcomes.items()):
+        print(f"endpoint {endpoint}: {_compact(outcome.to_json())}")
+    return EXIT_OK
+
+
+def replay_on_qemu(args: argparse.Namespace, files: list[Path]) -> int:
+    """Confirm every entry the variant violates; exit 1 if QEMU does not reproduce one."""
+    backend = backend_from(args)
+    variant = args.variant or "qemu-7.2"
+    worst = EXIT_OK
+    report = []
+    for path in files:
+        try:
+            cx = load_counterexample(str(path))
+        except TraceError as err:
+            print(f"ERROR {err}", file=sys.stderr)
+            worst = EXIT_BAD_INPUT
+            continue
+        if violated_step(cx, variant) is None:
+            report.append({"file": str(path), "verdict": f"{variant} holds: nothing to confirm"})
+            continue
+        record = confirm(cx, backend, variant)
+        report.append({"file": str(path), **record})
+        if args.update:
+            record_on_file(path, backend.version, record)
+        if record["verdict"] == "not reproduced" and worst == EXIT_OK:
+            worst = EXIT_FAILED
+        if not args.json:
+            detail = record.get("qemu") or record.get("detail") or ""
+            print(f"{record['verdict']:<15} {path.name} ({record['seconds']} s) "
+                  f"{_compact(detail) if isinstance(detail, dict) else detail}")
+    if args.json:
+        print(json.dumps({"results": report}, indent=2))
+    return worst
+
+
+def record_on_file(path: Path, version: str, record: dict[str, Any]) -> None:
+    """Write ``record`` (without timings) into the file's ``qemu`` field under ``version``."""
+    obj = load_json_file(str(path))
+    if obj.get("format") != COUNTEREXAMPLE_FORMAT:
+        return
+    kept = {k: v for k, v in record.items() if k != "seconds"}
+    obj.setdefault("qemu", {})[version] = kept
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def cmd_conform(args: argparse.Namespace) -> int:
+    backend = backend_from(args)
+    files: list[Path] = []
+    for raw in args.paths:
+        path = Path(raw)
+        files.extend(sorted(path.rglob("*.json")) if path.is_dir() else [path])
+    counts = {"agree": 0, "differ": 0, "unsupported": 0}
+    report = []
+    for path in files:
+        try:
+            trace = load_trace(str(path))
+        except TraceError as err:
+            print(f"ERROR {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        verdict = conform(trace, backend, args.variant)
+        counts[verdict.verdict] += 1
+        report.append({"file": str(path), **verdict.to_json()})
+        if not args.json:
+            print(f"{verdict.verdict:<11} {path}" + ("" if verdict.verdict == "agree"
+                                                     else f"\n  {verdict}"))
+    if args.json:
+        print(json.dumps({"counts": counts, "results": report}, indent=2))
+    else:
+        print(f"{counts['agree']} agree, {counts['differ']} differ, "
+              f"{counts['unsupported']} not expressible on QEMU")
+    return EXIT_FAILED if counts["differ"] else EXIT_OK
+
+
+def add_subcommands(sub: Any) -> None:
+    conf = sub.add_parser("conform", help="run traces on the model and on QEMU and compare")
+    conf.add_argument("paths", nargs="+", metavar="FILE|DIR",
+                      help="traces or counterexamples (directories are searched)")
+    conf.add_argument("--variant", default="qemu-7.2",
+                      help="the model's variant (default: %(default)s)")
+    conf.add_argument("--json", action="store_true", help="machine-readable output")
+    add_backend_options(conf)
+    conf.set_defaults(func=cmd_conform)

@@ -1,0 +1,553 @@
+"""The QEMU backend: a trace in, per-step observations and per-endpoint outcomes out (design §10).
+
+Each action maps onto one real effect (``../shared/qemu-qtest-notes.md`` has the method):
+
+| action | on QEMU |
+|---|---|
+| ``connect`` | the endpoint's channel connects to the server (contrib: our executor server) |
+| ``disconnect`` | the QEMU process is killed and its socket closed |
+| ``server_send`` | a message with a fresh fd is queued in the channel (scripted policy) |
+| ``server_exit`` | SIGTERM to the contrib server, or the scripted server closes every socket |
+| ``realize`` | QEMU starts with ``-device``; its chardev gets the setup messages |
+| ``deliver`` | one queued message goes to QEMU's chardev |
+| ``mmio_read``/``mmio_write``/``ring`` | qtest accesses to BAR0 |
+| ``msix_enable``/``msix_function_mask`` | a configuration write of the MSI-X control word |
+| ``msix_mask`` | a write of the entry's vector-control word in BAR1 |
+| ``pba_read`` | a qtest read of the PBA in BAR1 |
+| ``handle_irq`` | the doorbells held for the endpoint's vector go into its eventfd |
+| ``reset`` | QMP ``system_reset`` (then the guest programs the device again) |
+| ``unplug`` | QMP ``device_del`` and the guest's ACPI eject |
+
+What QEMU cannot show, or what this backend cannot do, is said, never guessed:
+:class:`Unsupported` stops a run with the reason (plain-client endpoints, migration of a
+master, ``host.ioeventfd`` off), and observations the model makes that no real process exposes
+(``fd`` bookkeeping, ``fault``) are listed in ``properties/conform.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.actions import (
+    Action,
+    ClientNotify,
+    Connect,
+    Deliver,
+    Disconnect,
+    HandleIrq,
+    Migrate,
+    MmioRead,
+    MmioWrite,
+    MsixEnable,
+    MsixFunctionMask,
+    MsixMask,
+    PbaRead,
+    Realize,
+    Reset,
+    Ring,
+    ServerExit,
+    ServerSend,
+    Trace,
+    Unplug,
+)
+from model.executor import wire
+from model.executor.qemu.channel import Channel
+from model.executor.qemu.machine import (
+    BAR0_ADDR,
+    BAR1_ADDR,
+    DeviceSpec,
+    Machine,
+    Outcome,
+    kvm_available,
+    qemu_binary,
+)
+
+Observation = dict[str, Any]
+DOORBELL = 12
+IRQ_WAIT = 0.3  # seconds for QEMU (or KVM) to consume an eventfd the backend wrote
+
+
+class Unsupported(Exception):  # noqa: N818 - a verdict, not a bug
+    """The trace asks for something this backend cannot run on QEMU; the text says what."""
+
+
+@dataclass
+class BackendStep:
+    index: int
+    action: Action
+    enabled: bool
+    observations: list[Observation]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "action": self.action.to_json(), "enabled": self.enabled,
+                "observations": self.observations}
+
+
+@dataclass
+class BackendRun:
+    """What QEMU did with a trace: the same shape as the model's ``run --json``, plus an
+    outcome per endpoint and, when the run stopped early, why."""
+
+    backend: str
+    steps: list[BackendStep] = field(default_factory=list)
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    unsupported: str | None = None
+    stderr: dict[int, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "backend": self.backend,
+            "steps": [s.to_json() for s in self.steps],
+            "outcomes": {str(e): o.to_json() for e, o in sorted(self.outcomes.items())},
+        }
+        if self.unsupported is not None:
+            out["unsupported"] = self.unsupported
+        return out
+
+
+def device_spec(action: Realize, endpoint: int) -> DeviceSpec:
+    """The model's ``realize`` props as QEMU's ``-device`` options (design §3 names)."""
+    options: dict[str, str] = {"id": "dev0", "addr": "4"}
+    objects: list[str] = []
+    for key, value in action.props:
+        if key == "chardev":
+            if value is True:
+                options["chardev"] = "c0"
+        elif key == "memdev_size":
+            objects.append(f"memory-backend-memfd,id=m{endpoint},size={value},share=on")
+            options["memdev"] = f"m{endpoint}"
+        elif isinstance(value, bool):
+            options[key] = "on" if value else "off"
+        else:
+            options[key] = str(value)
+    return DeviceSpec(action.device, options, objects)
+
+
+class QemuBackend:
+    """Runs traces on real QEMU processes, one per endpoint."""
+
+    def __init__(self, binary: str | None = None, kvm: bool = False,
+                 version: str = "7.2", memcheck: bool = False) -> None:
+        found = qemu_binary(binary)
+        if found is None:
+            raise FileNotFoundError(f"{binary or 'qemu-system-x86_64'} not found: run "
+                                    "scripts/install-qemu.sh")
+        self.binary = found
+        self.force_kvm = kvm
+        self.version = version
+        self.memcheck = memcheck
+
+    @property
+    def name(self) -> str:
+        return f"qemu-{self.version}"
+
+    def run(self, trace: Trace) -> BackendRun:
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="ivshmem-qemu-") as workdir:
+            session = _Session(self, trace, workdir)
+            try:
+                session.run()
+            finally:
+                session.close()
+        session.result.seconds = time.monotonic() - started
+        return session.result
+
+
+class _Session:
+    """One trace on fresh processes, sockets and fds."""
+
+    def __init__(self, backend: QemuBackend, trace: Trace, workdir: str) -> None:
+        self.backend = backend
+        self.trace = trace
+        self.config = trace.config
+        self.workdir = workdir
+        self.result = BackendRun(backend.name)
+        self.kvm = backend.force_kvm or self.config.host.kvm_msi_irqfd
+        contrib = self.config.server.policy == "contrib"
+        self.channels = [Channel(workdir, e, standins=contrib)
+                         for e in range(self.config.endpoints)]
+        self.machines: list[Machine | None] = [None] * self.config.endpoints
+        self.server: Any = None
+        self.server_up = True
+        self.shm_name = ""
+        # Effects of a doorbell a device rang to itself: QEMU ran the handler at once; they
+        # are reported at the trace's handle_irq step.  (endpoint, vector) -> observations
+        self.held: dict[tuple[int, int], list[list[Observation]]] = {}
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._check_supported()
+        except Unsupported as why:
+            self.result.unsupported = str(why)
+            return
+        if self.config.server.policy == "contrib":
+            self._start_server()
+        for index, action in enumerate(self.trace.steps):
+            try:
+                obs = self.step(action)
+            except Unsupported as why:
+                self.result.unsupported = f"step {index} ({action.name}): {why}"
+                return
+            self.result.steps.append(BackendStep(index, action, obs is not None, obs or []))
+            if obs is None:
+                return
+
+    def _check_supported(self) -> None:
+        if self.config.clients:
+            raise Unsupported("plain ivshmem-client endpoints are not run on QEMU")
+        if not self.config.host.ioeventfd:
+            raise Unsupported("host.ioeventfd=false has no counterpart: QEMU "
+                              "matches ioeventfds in software under TCG and in the kernel "
+                              "under KVM")
+        if self.kvm and not kvm_available():
+            raise Unsupported("the KVM irqfd path needs /dev/kvm")
+
+    def _start_server(self) -> None:
+        from model.executor.lockstep import RealServer
+
+        self.server = RealServer(self.workdir, self.config.server.vectors,
+                                 self.config.server.shm_size)
+        self.shm_name = self.server.shm_name
+
+    def close(self) -> None:
+        for e, machine in enumerate(self.machines):
+            if machine is not None:
+                if machine.alive:
+                    machine.drain_stderr()
+                    self.result.outcomes.setdefault(e, machine.outcome)
+                machine.kill()
+                self.result.stderr[e] = machine.stderr_lines
+        for channel in self.channels:
+            channel.close()
+        if self.server is not None:
+            self.server.stop()
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def step(self, action: Action) -> list[Observation] | None:
+        handler = getattr(self, "_" + action.name)
+        running = {e for e, m in enumerate(self.machines)
+                   if m is not None and m.outcome.kind == "running"}
+        obs: list[Observation] | None = handler(action)
+        if obs is None:
+            return None
+        obs.extend(self._pump_all())
+        e = getattr(action, "endpoint", None)
+        for other, machine in enumerate(self.machines):
+            if machine is None:
+                continue
+            was_running = other in running or (other == e and isinstance(action, Realize))
+            obs.extend(self._effects(other, machine, action if other == e else None,
+                                     was_running))
+        return obs
+
+    def _effects(self, e: int, machine: Machine, action: Action | None,
+                 was_running: bool) -> list[Observation]:
+        """What endpoint ``e`` showed in this step: MSIs, error texts, its fate."""
+        obs: list[Observation] = []
+        if machine.alive:
+            msis = machine.take_msis()
+            self_rung = self._self_rung(e, action)
+            if self_rung is not None:
+                self.held.setdefault((e, self_rung), []).append(
+                    [{"msi": v} for v in msis])
+            else:
+                obs.extend({"msi": v} for v in msis)
+        for line in machine.new_stderr():
+            text = _error_line(line)
+            if text is not None:
+                obs.append({"error": text})
+        outcome = machine.poll() if machine.outcome.kind == "running" else machine.outcome
+        if was_running and outcome is not None and outcome.kind != "running":
+            self.result.outcomes[e] = outcome
+            if outcome.kind == "failed":
+                if not any(o.get("error") == outcome.reason for o in obs):
+                    obs.append({"error": outcome.reason})
+            elif outcome.kind != "exited":
+                obs.append({"fate": outcome.kind, "reason": outcome.reason})
+            if outcome.kind == "failed":
+                obs.append({"fate": "failed", "reason": outcome.reason})
+        return obs
+
+    def _self_rung(self, e: int, action: Action | None) -> int | None:
+        """The vector a doorbell write of ``e`` to its own ID rang, if it was one."""
+        if isinstance(action, Ring):
+            action = MmioWrite(action.endpoint, DOORBELL, action.peer << 16 | action.vector, 4)
+        if not isinstance(action, MmioWrite) or action.offset & 0xFC != DOORBELL:
+            return None
+        channel = self.channels[e]
+        value = action.value & 0xFFFFFFFF
+        if value >> 16 != channel.own_id:
+            return None
+        vector = value & 0xFFFF if action.size == 4 and action.offset == DOORBELL else value & 0xFF
+        if vector >= len(channel.own_eventfds):
+            vector = value & 0xFF
+        return vector if vector < len(channel.own_eventfds) else None
+
+    def _pump_all(self) -> list[Observation]:
+        obs: list[Observation] = []
+        for e, channel in enumerate(self.channels):
+            for value, kind in channel.pump():
+                obs.append({"send": {"to": e, "value": value, "fd": kind}})
+        return obs
+
+    def _machine(self, e: int) -> Machine | None:
+        """The endpoint's QEMU if it is running."""
+        machine = self.machines[e]
+        return machine if machine is not None and machine.alive else None
+
+    def _dead(self, e: int) -> bool:
+        machine = self.machines[e]
+        return machine is not None and not machine.alive
+
+    # -- server actions --------------------------------------------------------------------------
+
+    def _connect(self, a: Connect) -> list[Observation] | None:
+        channel = self.channels[a.endpoint]
+        if channel.received or channel.upstream is not None or not self.server_up:
+            return None
+        if self._dead(a.endpoint):
+            return None
+        if self.server is not None:
+            channel.connect_upstream(self.server.path)
+        else:
+            channel.received = 0
+        channel.connected = True
+        return []
+
+    def _disconnect(self, a: Disconnect) -> list[Observation] | None:
+        machine = self.machines[a.endpoint]
+        channel = self.channels[a.endpoint]
+        if machine is None and not channel.connected:
+            return None
+        if machine is not None:
+            if machine.alive:
+                machine.kill()
+            self.result.stderr[a.endpoint] = machine.stderr_lines
+        channel.close()
+        self.channels[a.endpoint] = Channel(self.workdir, a.endpoint, channel.use_standins)
+        self.channels[a.endpoint].received = 1 << 30  # a process that left does not come back
+        self.machines[a.endpoint] = None
+        return []
+
+    def _server_send(self, a: ServerSend) -> list[Observation] | None:
+        channel = self.channels[a.endpoint]
+        if self.server is not None or not self.server_up:
+            return None
+        if not channel.connected or self._dead(a.endpoint):
+            return None
+        fd: int | None = None
+        kind: str | None = None
+        if a.fd == "eventfd":
+            fd, kind = wire.new_eventfd(), "eventfd"
+        elif a.fd is not None:
+            size = a.shm_bytes if a.shm_bytes is not None else self.config.server.shm_size
+            fd, kind = wire.shm_memfd("ivshmem"), "shm"
+            os.ftruncate(fd, size)
+        channel.enqueue(a.value, fd, kind)
+        return [{"send": {"to": a.endpoint, "value": a.value, "fd": a.fd}}]
+
+    def _server_exit(self, _a: ServerExit) -> list[Observation] | None:
+        if not self.server_up:
+            return None
+        self.server_up = False
+        if self.server is not None:
+            self.server.terminate()
+        else:
+            for channel in self.channels:
+                channel.server_closed = True
+                if channel.qemu is not None and not channel.queue:
+                    with contextlib.suppress(OSError):
+                        channel.qemu.shutdown(2)
+        return []
+
+    # -- realize and messages --------------------------------------------------------------------
+
+    def _realize(self, a: Realize) -> list[Observation] | None:
+        e = a.endpoint
+        channel = self.channels[e]
+        running = self.machines[e]
+        if self._dead(e) or (running is not None and running.device is not None):
+            return None
+        chardev = a.prop("chardev") is True
+        if chardev and not channel.connected:
+            return None
+        spec = device_spec(a, e)
+        hotplug = getattr(a, "hotplug", False)
+        if running is None:
+            machine = Machine(self.workdir, f"e{e}", self.backend.binary, self.kvm,
+                              self.backend.memcheck)
+            self.machines[e] = machine
+            machine.launch(channel.path if chardev else None, None if hotplug else spec)
+            if chardev:
+                self._forward_setup(e, machine)
+            machine.attach()
+            if machine.outcome.kind == "blocked":
+                return None  # realize waits for messages a live server has not sent
+            if not hotplug:
+                return []
+        target = self.machines[e]
+        assert target is not None
+        if chardev and running is not None:
+            self._forward_setup(e, target)
+        error = target.device_add(spec)
+        return [] if error is None else [{"error": error}]
+
+    def _forward_setup(self, e: int, machine: Machine) -> None:
+        channel = self.channels[e]
+        if channel.accept_qemu(5.0):
+            channel.forward(channel.setup_count())
+
+    def _deliver(self, a: Deliver) -> list[Observation] | None:
+        channel = self.channels[a.endpoint]
+        machine = self._machine(a.endpoint)
+        if not channel.queue or machine is None or channel.qemu is None:
+            return None
+        channel.forward(1)
+        channel.wait_read()
+        machine.sync()
+        return []
+
+    # -- the guest -------------------------------------------------------------------------------
+
+    def _device(self, e: int) -> Machine | None:
+        machine = self._machine(e)
+        return machine if machine is not None and machine.device is not None else None
+
+    def _mmio_read(self, a: MmioRead) -> list[Observation] | None:
+        machine = self._device(a.endpoint)
+        if machine is None or machine.qtest is None:
+            return None
+        value = machine.guard(machine.qtest.read, BAR0_ADDR + a.offset, a.size)
+        return [] if value is None else [{"read": value}]
+
+    def _mmio_write(self, a: MmioWrite) -> list[Observation] | None:
+        machine = self._device(a.endpoint)
+        if machine is None or machine.qtest is None:
+            return None
+        machine.guard(machine.qtest.write, BAR0_ADDR + a.offset, a.value, a.size)
+        machine.sync()
+        return []
+
+    def _ring(self, a: Ring) -> list[Observation] | None:
+        return self._mmio_write(MmioWrite(a.endpoint, DOORBELL, a.peer << 16 | a.vector, 4))
+
+    def _msix(self, e: int) -> Machine | None:
+        machine = self._device(e)
+        return machine if machine is not None and machine.msix_cap else None
+
+    def _msix_enable(self, a: MsixEnable) -> list[Observation] | None:
+        machine = self._msix(a.endpoint)
+        if machine is None:
+            return None
+        machine.msix_control(enable=a.enabled)
+        machine.sync()
+        return []
+
+    def _msix_function_mask(self, a: MsixFunctionMask) -> list[Observation] | None:
+        machine = self._msix(a.endpoint)
+        if machine is None:
+            return None
+        machine.msix_control(maskall=a.masked)
+        machine.sync()
+        return []
+
+    def _msix_mask(self, a: MsixMask) -> list[Observation] | None:
+        machine = self._msix(a.endpoint)
+        if machine is None or machine.qtest is None or a.vector >= machine.msix_entries:
+            return None
+        machine.guard(machine.qtest.write, BAR1_ADDR + 16 * a.vector + 12, int(a.masked), 4)
+        machine.sync()
+        return []
+
+    def _pba_read(self, a: PbaRead) -> list[Observation] | None:
+        machine = self._msix(a.endpoint)
+        if machine is None or machine.qtest is None:
+            return None
+        if a.offset >= -(-machine.msix_entries // 64) * 8:
+            return None
+        value = machine.guard(machine.qtest.read, BAR1_ADDR + machine.pba_offset + a.offset, 4)
+        return [] if value is None else [{"read": value}]
+
+    def _handle_irq(self, a: HandleIrq) -> list[Observation] | None:
+        e, v = a.endpoint, a.vector
+        machine = self._machine(e)
+        channel = self.channels[e]
+        if machine is None or v >= len(channel.own_eventfds):
+            return None
+        held = self.held.get((e, v))
+        if held:
+            return held.pop(0)
+        rings = sum(other.take_rings(channel.own_id or 0, v)
+                    for i, other in enumerate(self.channels) if i != e)
+        own = channel.own_eventfds[v]
+        if rings == 0 and eventfd_count(own) == 0:
+            return None
+        if rings:
+            os.write(own, rings.to_bytes(8, "little"))
+        deadline = time.monotonic() + IRQ_WAIT
+        while eventfd_count(own) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        machine.sync()
+        return []
+
+    def _client_notify(self, _a: ClientNotify) -> list[Observation] | None:
+        raise Unsupported("plain clients are not run on QEMU")
+
+    def _reset(self, a: Reset) -> list[Observation] | None:
+        machine = self._device(a.endpoint)
+        if machine is None:
+            return None
+        machine.system_reset()
+        return []
+
+    def _unplug(self, a: Unplug) -> list[Observation] | None:
+        machine = self._device(a.endpoint)
+        if machine is None:
+            return None
+        machine.device_del()
+        return []
+
+    def _migrate(self, a: Migrate) -> list[Observation] | None:
+        machine = self._device(a.endpoint)
+        if machine is None or machine.qmp is None:
+            return None
+        from model.executor.qemu.qtest import QmpError
+
+        try:
+            machine.qmp.execute("migrate", uri=f"exec:cat > {self.workdir}/migration")
+        except QmpError as err:
+            return [{"error": str(err)}]
+        raise Unsupported("loading a migrated master into a fresh QEMU is not run yet")
+
+
+def eventfd_count(fd: int) -> int:
+    """An eventfd's counter, read without consuming it (``/proc/self/fdinfo``)."""
+    with contextlib.suppress(OSError), open(f"/proc/self/fdinfo/{fd}") as info:
+        for line in info:
+            if line.startswith("eventfd-count:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _error_line(line: str) -> str | None:
+    """An error QEMU reported on stderr, as the model writes it; warnings are not errors."""
+    from model.executor.qemu.machine import error_text
+
+    text = error_text(line.strip())
+    if not text or text.startswith("warning:") or "Assertion" in text:
+        return None
+    return text
+
+
+def qemu_available(binary: str | None = None) -> bool:
+    return qemu_binary(binary) is not None and shutil.which("true") is not None

@@ -1,0 +1,216 @@
+"""The socket between the server and one endpoint, holding messages until the trace delivers them.
+
+In the model an endpoint's channel is a FIFO that ``realize`` and ``deliver`` pop from (design
+§2).  A real QEMU reads its chardev whenever the socket is readable, so the backend puts this
+channel in between: QEMU's chardev connects to :attr:`Channel.path`, the server's messages are
+queued here (from the contrib server's socket, or injected by ``server_send``), and only
+``forward_setup`` (realize) and ``forward_one`` (deliver) pass them on, each waiting until QEMU
+has read the bytes (``TIOCOUTQ`` is 0) so the caller's next qtest round trip sees the handler's
+effect.
+
+Doorbells between endpoints are held the same way.  With the contrib server, a peer's eventfd
+reaches another endpoint as a *stand-in* eventfd of ours (``Standin``); a doorbell QEMU rings
+lands there, and ``handle_irq`` moves it into the owner's real eventfd, so the owner's handler
+runs in the step the trace says, not whenever the owner's main loop gets to it.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import os
+import select
+import socket
+import struct
+import termios
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from model.executor import wire
+
+FORWARD_TIMEOUT = 3.0
+QUIET = 0.03  # seconds without a new message after which the server is taken to be done
+
+
+@dataclass
+class Queued:
+    value: int
+    fd: int | None  # ours until forwarded
+    kind: str | None  # the model's fd kind: "eventfd", "shm", or another kind's name
+
+
+@dataclass
+class Standin:
+    """An eventfd of ours that an endpoint holds for ``(peer, vector)``."""
+
+    fd: int
+    peer: int
+    vector: int
+
+
+class Channel:
+    def __init__(self, workdir: str, endpoint: int, standins: bool) -> None:
+        self.endpoint = endpoint
+        self.path = os.path.join(workdir, f"e{endpoint}.chardev")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(1)
+        self.upstream: socket.socket | None = None  # to the contrib server
+        self.qemu: socket.socket | None = None
+        self.queue: deque[Queued] = deque()
+        self.connected = False
+        self.server_closed = False
+        self.use_standins = standins
+        self.received = 0  # messages the server sent this endpoint so far
+        self.own_id: int | None = None
+        self.own_eventfds: list[int] = []  # dups of the endpoint's own eventfds, by vector
+        self.peer_fds_seen: dict[int, int] = {}
+        self.standins: list[Standin] = []
+        self.eventfd_dups: list[int] = []  # every eventfd handed to the endpoint (counters)
+
+    # -- the server side -------------------------------------------------------------------------
+
+    def connect_upstream(self, server_path: str) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(server_path)
+        self.upstream = sock
+
+    def pump(self) -> list[tuple[int, str | None]]:
+        """Queue what the contrib server sent; returns (value, kind) for each message."""
+        sock = self.upstream
+        got: list[tuple[int, str | None]] = []
+        while sock is not None and select.select([sock], [], [], QUIET)[0]:
+            try:
+                message = wire.recv_msg(sock)
+            except (wire.WireError, OSError):
+                self.server_closed = True
+                sock.close()
+                self.upstream = sock = None
+                break
+            kind = None if message.fd is None else model_fd_kind(message.fd)
+            self.enqueue(message.value, message.fd, kind)
+            got.append((message.value, kind))
+        return got
+
+    def enqueue(self, value: int, fd: int | None, kind: str | None) -> None:
+        """One message from the server, in the order it was sent."""
+        if self.received == 1 and fd is None:
+            self.own_id = value
+        self.received += 1
+        if fd is not None and kind == "eventfd" and value >= 0:
+            if value == self.own_id:
+                self.own_eventfds.append(os.dup(fd))
+            elif self.use_standins:
+                vector = self.peer_fds_seen.get(value, 0)
+                self.peer_fds_seen[value] = vector + 1
+                standin = wire.new_eventfd()
+                self.standins.append(Standin(standin, value, vector))
+                os.close(fd)
+                fd = standin
+            self.eventfd_dups.append(os.dup(fd))
+        elif fd is None and value >= 0 and value != self.own_id and self.received > 2:
+            self.peer_fds_seen.pop(value, None)  # a disconnect: its next fds start at vector 0
+        self.queue.append(Queued(value, fd, kind))
+
+    def close_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
+    # -- the QEMU side ---------------------------------------------------------------------------
+
+    def accept_qemu(self, timeout: float) -> bool:
+        if self.qemu is not None:
+            return True
+        if not select.select([self.listener], [], [], timeout)[0]:
+            return False
+        self.qemu, _addr = self.listener.accept()
+        return True
+
+    def setup_count(self) -> int:
+        """How many queued messages realize reads: up to the first shared-memory message
+        (seed 678-746 stops there), or all of them."""
+        for index, queued in enumerate(self.queue):
+            if queued.value == -1:
+                return index + 1
+        return len(self.queue)
+
+    def forward(self, count: int) -> None:
+        """Pass ``count`` queued messages to QEMU; then end the stream if the server is gone
+        and nothing is left."""
+        sock = self.qemu
+        if sock is None:
+            return
+        for _ in range(min(count, len(self.queue))):
+            queued = self.queue.popleft()
+            with contextlib.suppress(OSError):
+                wire.send_msg(sock, queued.value, queued.fd)
+            if queued.fd is not None:
+                os.close(queued.fd)
+        if self.server_closed and not self.queue:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+
+    def wait_read(self, alive: object = None) -> bool:
+        """Until QEMU has read every byte sent (``TIOCOUTQ`` 0); False on timeout."""
+        sock = self.qemu
+        if sock is None:
+            return True
+        deadline = time.monotonic() + FORWARD_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+            except OSError:
+                return True
+            if struct.unpack("i", raw)[0] == 0:
+                return True
+            time.sleep(0.002)
+        return False
+
+    # -- doorbells ---------------------------------------------------------------------------
+
+    def take_rings(self, peer: int, vector: int) -> int:
+        """Doorbells this endpoint rang to ``(peer, vector)`` since the last call."""
+        total = 0
+        for standin in self.standins:
+            if standin.peer == peer and standin.vector == vector:
+                total += wire.read_kick(standin.fd)
+        return total
+
+    def forget_peer(self, peer: int) -> None:
+        keep = []
+        for standin in self.standins:
+            if standin.peer == peer:
+                os.close(standin.fd)
+            else:
+                keep.append(standin)
+        self.standins = keep
+
+    def close(self) -> None:
+        for fd in [*self.own_eventfds, *self.eventfd_dups, *(s.fd for s in self.standins),
+                   *(q.fd for q in self.queue if q.fd is not None)]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.own_eventfds, self.eventfd_dups, self.standins = [], [], []
+        self.queue.clear()
+        for sock in (self.upstream, self.qemu, self.listener):
+            if sock is not None:
+                sock.close()
+        self.upstream = self.qemu = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def model_fd_kind(fd: int) -> str:
+    """The model's name for what an fd is: ``eventfd``, ``shm`` (memory or a file), or the
+    kind ``/proc`` shows."""
+    kind = wire.fd_kind(fd)
+    return "shm" if kind in ("memfd", "file") else kind
+
+
+def send_fds_message(sock: socket.socket, value: int, fds: list[int]) -> None:
+    """One 8-byte message with several fds in one SCM_RIGHTS (a hostile server's)."""
+    payload = array.array("i", fds).tobytes()
+    sock.sendmsg([wire.MSG.pack(value)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, payload)])

@@ -1,0 +1,512 @@
+"""One QEMU process with (at most) one ivshmem device, and the guest side that drives it.
+
+How QEMU is started and watched follows ``../shared/qemu-qtest-notes.md``: ``-S`` so no guest
+code runs (only the main loop), qtest for port and memory accesses, QMP for reset, hot-plug and
+unplug, stderr for QEMU's own error and assertion texts, the exit status for the fate.  glibc's
+``MALLOC_CHECK_``/``MALLOC_PERTURB_`` make heap misuse show as an abort more often.
+
+The guest side is what a driver does, written down once: find 1af4:1110, place the BARs, turn
+on memory decoding and bus mastering, point every MSI-X table entry at a slot of guest RAM
+(address ``MSI_BASE + 4*v``, data ``v + 1``) so that an MSI is a DMA write the backend reads
+back (``take_msis``).  After a reset the guest programs the device again, as a driver would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.executor.qemu.qtest import QemuGone, QemuTimeout, Qmp, QmpError, QTest
+
+DEFAULT_QEMU = "qemu-system-x86_64"
+START_TIMEOUT = 10.0
+STEP_TIMEOUT = 3.0  # a command QEMU does not answer in this time means its main loop is stuck
+
+SLOT = 4  # the device's PCI slot on bus 0 (``addr=4``)
+DEVFN = SLOT << 3
+VENDOR_DEVICE = 0x1110_1AF4
+BAR0_ADDR = 0xFEBF_0000  # registers, 256 B
+BAR1_ADDR = 0xFEB0_0000  # MSI-X, at most 64 KiB for 2048 vectors
+BAR2_ADDR = 0x8000_0000  # shared memory, 64-bit prefetchable; sizes up to 1 GiB fit
+MSI_BASE = 0x0020_0000  # guest RAM that MSIs are written to, 4 bytes per vector
+MSI_SLOTS = 64  # vectors whose MSI-X entries the guest programs
+PCI_COMMAND_MEMORY_MASTER = 0x0006
+ACPI_PCI_EJECT_PORT = 0xAE08  # PIIX4 ACPI hot-plug: write 1 << slot to eject
+# valgrind's memcheck reports an invalid read or write (use after free, out of bounds) that
+# glibc lets pass; the first one ends the process, so it is the step's outcome.
+MEMCHECK = ("valgrind", "--tool=memcheck", "--error-exitcode=99", "--exit-on-first-error=yes",
+            "--undef-value-errors=no", "--trace-children=no", "-q")
+
+
+def qemu_binary(path: str | None = None) -> str | None:
+    """The QEMU to run: ``path`` if given, else ``qemu-system-x86_64`` on PATH."""
+    found = shutil.which(path or DEFAULT_QEMU)
+    return found
+
+
+def kvm_available() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+@dataclass
+class Outcome:
+    """What became of a QEMU process (design §10): ``running``, ``exited`` (status 0),
+    ``failed`` (an error exit, with QEMU's text), ``aborted`` (assertion text), ``crashed``
+    (signal or heap error), ``hung`` (its main loop stopped answering)."""
+
+    kind: str
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"outcome": self.kind}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+_PREFIX = re.compile(r"^[\w./-]*qemu-system-\w+: ")
+_OPTION = re.compile(r"^-(device|object|chardev) [^:]*: ")
+_ASSERTION = re.compile(r"(\w+): Assertion `(.*)' failed\.")
+_INVALID = re.compile(r"^==\d+== (Invalid (read|write) of size \d+)")
+_HEAP = ("free(): ", "double free", "malloc(): ", "corrupted", "munmap_chunk", "realloc(): ")
+
+
+def error_text(line: str) -> str:
+    """QEMU's message without the program name and the option it came from."""
+    return _OPTION.sub("", _PREFIX.sub("", line))
+
+
+def classify_exit(status: int, stderr: list[str]) -> Outcome:
+    """The outcome of a process that ended with ``status`` after printing ``stderr``."""
+    for line in stderr:
+        found = _ASSERTION.search(line)
+        if found:
+            return Outcome("aborted", f"{found.group(1)}: Assertion `{found.group(2)}' failed.")
+    invalid = next((line for line in stderr if _INVALID.search(line)), None)
+    if invalid is not None:
+        return Outcome("crashed", "memcheck: " + _INVALID.sub(r"\1", invalid).strip())
+    heap = next((line for line in stderr if any(h in line for h in _HEAP)), None)
+    if heap is not None:
+        return Outcome("crashed", f"heap: {heap.strip()}")
+    if status < 0:
+        name = signal.Signals(-status).name
+        return Outcome("aborted" if name == "SIGABRT" else "crashed", name)
+    if status == 0:
+        return Outcome("exited")
+    errors = [error_text(line) for line in stderr if line.strip()]
+    return Outcome("failed", errors[-1] if errors else f"exit status {status}")
+
+
+@dataclass
+class DeviceSpec:
+    """``-device`` (or ``device_add``) arguments and the objects they need."""
+
+    driver: str
+    options: dict[str, str] = field(default_factory=dict)
+    objects: list[str] = field(default_factory=list)  # -object specs, e.g. a memory backend
+
+
+class Machine:
+    """A QEMU process: start, drive through qtest/QMP, observe stderr and the fate."""
+
+    def __init__(self, workdir: str, name: str, binary: str, kvm: bool = False,
+                 memcheck: bool = False) -> None:
+        self.workdir = workdir
+        self.memcheck = memcheck
+        self.name = name
+        self.binary = binary
+        self.kvm = kvm
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.qtest: QTest | None = None
+        self.qmp: Qmp | None = None
+        self.stderr_lines: list[str] = []
+        self._reported = 0  # stderr lines already handed out by new_stderr
+        self._stderr_buffer = b""
+        self.outcome = Outcome("running")
+        self.device: DeviceSpec | None = None
+        self.msix_cap = 0
+        self.pba_offset = 0
+        self.msix_entries = 0
+        self.hotplugged = False
+        self._qmp_path = ""
+
+    @property
+    def step_timeout(self) -> float:
+        return STEP_TIMEOUT * (10 if self.memcheck else 1)
+
+    # -- process -------------------------------------------------------------------------------
+
+    def launch(self, chardev_path: str | None, device: DeviceSpec | None) -> None:
+        """Start QEMU and take its qtest connection; with ``device`` it is realized from the
+        command line.  QEMU connects its chardev and qtest before it realizes devices, so the
+        caller can now hand the chardev its setup messages, then :meth:`attach`."""
+        qtest_path = os.path.join(self.workdir, f"{self.name}.qtest")
+        self._qmp_path = os.path.join(self.workdir, f"{self.name}.qmp")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(qtest_path)
+        listener.listen(1)
+        args = [
+            *(MEMCHECK if self.memcheck else ()), self.binary, "-machine", "pc",
+            "-accel", "kvm" if self.kvm else "tcg", "-m", "64M", "-display", "none",
+            "-nodefaults", "-S", "-monitor", "none",
+            "-serial", "none", "-qtest", f"unix:{qtest_path}", "-qtest-log", "/dev/null",
+            "-qmp", f"unix:{self._qmp_path},server=on,wait=off",
+        ]
+        if chardev_path is not None:
+            args += ["-chardev", f"socket,path={chardev_path},id=c0"]
+        if device is not None:
+            for obj in device.objects:
+                args += ["-object", obj]
+            args += ["-device", device_argument(device)]
+            self.device = device
+        env = dict(os.environ, MALLOC_CHECK_="3", MALLOC_PERTURB_="165")
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env, cwd=self.workdir,
+        )
+        assert self.proc.stderr is not None
+        os.set_blocking(self.proc.stderr.fileno(), False)
+        try:
+            conn = self._accept(listener)
+        finally:
+            listener.close()
+        if conn is not None:
+            self.qtest = QTest(conn, self.step_timeout)
+
+    def attach(self) -> None:
+        """Connect QMP once the main loop runs (realize is over), then set the guest up."""
+        if self.qtest is None or self.proc is None:
+            return
+        qmp = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:
+                try:
+                    qmp.connect(self._qmp_path)
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    if self.poll() is not None or time.monotonic() > deadline:
+                        raise QemuGone("no QMP socket") from None
+                    time.sleep(0.01)
+            self.qmp = Qmp(qmp, self.step_timeout)
+            self.qtest.sync()
+        except QemuTimeout:
+            qmp.close()
+            self._hung()
+            return
+        except (QemuGone, OSError):
+            qmp.close()
+            self.wait_exit(2.0)
+            return
+        if self.device is not None:
+            self.setup_guest()
+
+    def _accept(self, listener: socket.socket) -> socket.socket | None:
+        assert self.proc is not None
+        listener.settimeout(0.02)
+        deadline = time.monotonic() + START_TIMEOUT * (6 if self.memcheck else 1)
+        while time.monotonic() < deadline:
+            try:
+                conn, _addr = listener.accept()
+                return conn
+            except TimeoutError:
+                if self.poll() is not None:
+                    return None
+        self._hung()
+        return None
+
+    def drain_stderr(self) -> list[str]:
+        """Lines QEMU wrote to stderr since the last call."""
+        if self.proc is None or self.proc.stderr is None or self.proc.stderr.closed:
+            return []
+        fd = self.proc.stderr.fileno()
+        with contextlib.suppress(BlockingIOError, ValueError, OSError):
+            while select.select([fd], [], [], 0)[0]:
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                self._stderr_buffer += data
+        *lines, self._stderr_buffer = self._stderr_buffer.split(b"\n")
+        if self.proc.poll() is not None and self._stderr_buffer:
+            lines.append(self._stderr_buffer)
+            self._stderr_buffer = b""
+        text = [line.decode(errors="replace") for line in lines]
+        self.stderr_lines.extend(text)
+        return text
+
+    def new_stderr(self) -> list[str]:
+        """Lines QEMU wrote since the last call, however they were read."""
+        self.drain_stderr()
+        lines = self.stderr_lines[self._reported:]
+        self._reported = len(self.stderr_lines)
+        return lines
+
+    def poll(self) -> Outcome | None:
+        """The outcome if the process has ended (recorded once), else ``None``."""
+        if self.proc is None:
+            return None
+        if self.outcome.kind not in ("running",):
+            return self.outcome
+        status = self.proc.poll()
+        if status is None:
+            return None
+        self.drain_stderr()
+        self.outcome = classify_exit(status, self.stderr_lines)
+        return self.outcome
+
+    def wait_exit(self, timeout: float) -> Outcome | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            outcome = self.poll()
+            if outcome is not None:
+                return outcome
+            time.sleep(0.01)
+        return None
+
+    def _hung(self) -> None:
+        """QEMU stopped answering: ``hung`` if it spins (it uses the CPU), ``blocked`` if it
+        waits (in realize, for messages a live server has not sent: the model's disabled
+        step).  Either way the process is killed."""
+        spinning = self.cpu_busy()
+        self.outcome = Outcome("hung", "QEMU's main loop stopped answering and uses the CPU") \
+            if spinning else Outcome("blocked", "QEMU waits and its main loop does not answer")
+        self.kill()
+
+    def cpu_busy(self, interval: float = 0.3) -> bool:
+        """Whether the process used most of a CPU over ``interval`` seconds."""
+        if self.proc is None:
+            return False
+        before = _cpu_ticks(self.proc.pid)
+        time.sleep(interval)
+        after = _cpu_ticks(self.proc.pid)
+        ticks = interval * os.sysconf("SC_CLK_TCK")
+        return before is not None and after is not None and after - before > ticks / 2
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.outcome.kind == "running" and self.poll() is None
+
+    def kill(self) -> None:
+        for conn in (self.qtest, self.qmp):
+            if conn is not None:
+                conn.close()
+        self.qtest = self.qmp = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.drain_stderr()
+            self.proc.stderr.close()
+
+    # -- guarded access: a dead or stuck QEMU becomes an outcome, not an exception --------------
+
+    def guard(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)``; ``None`` when QEMU died (outcome recorded) or hung (killed)."""
+        try:
+            return fn(*args)
+        except QemuTimeout:
+            if self.poll() is None:
+                self._hung()
+            return None
+        except QemuGone:
+            self.wait_exit(2.0)
+            if self.poll() is None:
+                self._hung()
+            return None
+
+    def sync(self) -> bool:
+        if self.qtest is None:
+            return False
+        return self.guard(self.qtest.sync) is not None or self.alive
+
+    # -- guest side ------------------------------------------------------------------------------
+
+    def setup_guest(self) -> None:
+        """What a driver does after realize or reset: BARs, decoding, mastering, MSI-X entries."""
+        q = self.qtest
+        if q is None:
+            return
+        self.guard(self._setup_guest, q)
+
+    def _setup_guest(self, q: QTest) -> None:
+        if q.cfg_read(DEVFN, 0) != VENDOR_DEVICE:
+            return
+        q.cfg_write(DEVFN, 0x10, BAR0_ADDR)
+        q.cfg_write(DEVFN, 0x14, BAR1_ADDR)
+        q.cfg_write(DEVFN, 0x18, BAR2_ADDR)
+        q.cfg_write(DEVFN, 0x1C, 0)
+        q.cfg_write(DEVFN, 0x04, PCI_COMMAND_MEMORY_MASTER, 2)
+        self.msix_cap = self._find_capability(q, 0x11)
+        if not self.msix_cap:
+            return
+        control = q.cfg_read(DEVFN, self.msix_cap + 2, 2)
+        self.msix_entries = (control & 0x7FF) + 1
+        self.pba_offset = q.cfg_read(DEVFN, self.msix_cap + 8) & ~7
+        for v in range(min(self.msix_entries, MSI_SLOTS)):
+            entry = BAR1_ADDR + 16 * v
+            q.write(entry, MSI_BASE + 4 * v, 4)
+            q.write(entry + 4, 0, 4)
+            q.write(entry + 8, v + 1, 4)
+        q.write_bytes(MSI_BASE, bytes(4 * MSI_SLOTS))
+
+    @staticmethod
+    def _find_capability(q: QTest, cap_id: int) -> int:
+        cap = q.cfg_read(DEVFN, 0x34, 1) & 0xFC
+        while cap:
+            header = q.cfg_read(DEVFN, cap, 2)
+            if header & 0xFF == cap_id:
+                return cap
+            cap = header >> 8 & 0xFC
+        return 0
+
+    def take_msis(self) -> list[int]:
+        """Vectors whose MSI arrived since the last call (each slot cleared after reading)."""
+        q = self.qtest
+        if q is None or not self.msix_cap:
+            return []
+        data = self.guard(q.read_bytes, MSI_BASE, 4 * MSI_SLOTS)
+        if not data:
+            return []
+        fired = [v for v in range(MSI_SLOTS) if data[4 * v: 4 * v + 4] != bytes(4)]
+        if fired:
+            self.guard(q.write_bytes, MSI_BASE, bytes(4 * MSI_SLOTS))
+        return fired
+
+    def msix_control(self, enable: bool | None = None, maskall: bool | None = None) -> None:
+        q = self.qtest
+        if q is None or not self.msix_cap:
+            return
+
+        def write(q: QTest) -> None:
+            control = q.cfg_read(DEVFN, self.msix_cap + 2, 2)
+            if enable is not None:
+                control = control & ~0x8000 | (0x8000 if enable else 0)
+            if maskall is not None:
+                control = control & ~0x4000 | (0x4000 if maskall else 0)
+            q.cfg_write(DEVFN, self.msix_cap + 2, control, 2)
+
+        self.guard(write, q)
+
+    # -- QMP: hot-plug, unplug, reset ------------------------------------------------------------
+
+    def device_add(self, device: DeviceSpec) -> str | None:
+        """Hot-plug; QEMU's error text when realize fails (QEMU keeps running)."""
+        qmp = self.qmp
+        if qmp is None:
+            return None
+        try:
+            for obj in device.objects:
+                qmp.execute("object-add", **object_arguments(obj))
+            options: dict[str, Any] = dict(device.options)
+            qmp.execute("device_add", driver=device.driver, **options)
+        except QmpError as err:
+            return str(err)
+        except QemuTimeout:
+            self._hung()
+            return None
+        except QemuGone:
+            self.wait_exit(2.0)
+            return None
+        self.device = device
+        self.hotplugged = True
+        self.setup_guest()
+        return None
+
+    def device_del(self) -> None:
+        """``device_del`` and the guest's ACPI eject; waits for ``DEVICE_DELETED``."""
+        qmp, q = self.qmp, self.qtest
+        if qmp is None or q is None:
+            return
+        try:
+            qmp.execute("device_del", id="dev0")
+            q.outl(ACPI_PCI_EJECT_PORT, 1 << SLOT)
+            if qmp.wait_event("DEVICE_DELETED", STEP_TIMEOUT) is None and self.poll() is None:
+                q.sync()
+        except QmpError:
+            return
+        except QemuTimeout:
+            if self.poll() is None:
+                self._hung()
+            return
+        except QemuGone:
+            self.wait_exit(2.0)
+            return
+        self.device = None
+        self.msix_cap = 0
+
+    def system_reset(self) -> None:
+        qmp = self.qmp
+        if qmp is None:
+            return
+        try:
+            qmp.execute("system_reset")
+            qmp.wait_event("RESET", STEP_TIMEOUT)
+        except QemuTimeout:
+            if self.poll() is None:
+                self._hung()
+            return
+        except QemuGone:
+            self.wait_exit(2.0)
+            return
+        self.setup_guest()
+
+    def fd_kinds(self) -> dict[str, int]:
+        """Descriptors the process holds, counted by kind (``/proc/PID/fd``)."""
+        counts: dict[str, int] = {}
+        if self.proc is None or self.proc.poll() is not None:
+            return counts
+        base = f"/proc/{self.proc.pid}/fd"
+        with contextlib.suppress(OSError):
+            for name in os.listdir(base):
+                with contextlib.suppress(OSError):
+                    kind = fd_kind_of(os.readlink(f"{base}/{name}"))
+                    counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """utime + stime of a process, in clock ticks (``/proc/PID/stat`` fields 14 and 15)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def fd_kind_of(target: str) -> str:
+    if target == "anon_inode:[eventfd]":
+        return "eventfd"
+    if target.startswith("/memfd:"):
+        return "memfd"
+    if target.startswith("socket:"):
+        return "socket"
+    if target.startswith("pipe:"):
+        return "pipe"
+    if target.startswith("anon_inode:"):
+        return target[len("anon_inode:"):].strip("[]")
+    return "file"
+
+
+def device_argument(device: DeviceSpec) -> str:
+    return ",".join([device.driver, *(f"{k}={v}" for k, v in device.options.items())])
+
+
+def object_arguments(spec: str) -> dict[str, Any]:
+    """``qom-type,key=value,...`` as ``object-add`` arguments."""
+    qom_type, *pairs = spec.split(",")
+    args: dict[str, Any] = {"qom-type": qom_type}
+    for pair in pairs:
+        key, _eq, value = pair.partition("=")
+        args[key] = int(value) if key == "size" else (value == "on" if value in ("on", "off")
+                                                        else value)
+    return args

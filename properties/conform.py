@@ -1,0 +1,263 @@
+"""Differential conformance: one trace on the model and on a real QEMU, compared step by step
+(design §10).
+
+The model is judged by QEMU: where the two differ, the first differing step is reported with
+both sides' observations, and either the model changes or the difference is a deliberate
+abstraction in :data:`ABSTRACTIONS` (one list, each with its reason).  Observations only one
+side can make are removed before comparing, by the rules in :data:`UNOBSERVABLE`; nothing is
+silently counted as agreement: a trace the backend cannot run is ``unsupported`` with the reason.
+
+Comparison rules, per step:
+
+1. ``enabled``: both take the step or both refuse it (QEMU refuses what it cannot do: deliver
+   from an empty channel, realize while a live server has not sent enough, anything on a
+   process that is gone).
+2. undefined behaviour: where the model's step ends in it, QEMU crashing or aborting agrees
+   (:data:`ABSTRACTIONS`);
+3. observations, as multisets of JSON objects after :func:`comparable`: ``send``, ``read``,
+   ``error``, ``msi`` (TCG only), ``fate``.  A fate compares by kind, and by text where QEMU
+   prints one: the assertion for ``aborted``, the error for ``failed``.  ``crashed`` matches
+   ``crashed`` whatever the signal: the model names the bad access, QEMU shows a signal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.actions import CONFORMANCE_FORMAT, Counterexample, Trace
+from model.executor.qemu.backend import BackendRun, QemuBackend
+from model.variants import get_variant
+from properties.trace import RunResult, run_trace
+
+Observation = dict[str, Any]
+
+UNOBSERVABLE: dict[str, str] = {
+    "fd": "descriptor bookkeeping inside QEMU (which fd closed when) is not visible from outside",
+    "fault": "a misuse that does not end the process (a close of a closed fd) leaves no trace "
+             "QEMU prints",
+    "intx": "the legacy device's INTx line does not exist in QEMU 7.2",
+}
+
+ABSTRACTIONS: tuple[tuple[str, str], ...] = (
+    ("msi under KVM",
+     "with KVM irqfds an MSI goes to the in-kernel APIC; qtest cannot see it, so MSIs are "
+     "compared under TCG only"),
+    ("fate reasons",
+     "the model names the bad access (null_deref, double_free at a seed line); QEMU shows a "
+     "signal or glibc's heap message: crashes compare by kind"),
+    ("hang reason",
+     "the model names the loop (seed 672); QEMU shows a process that stopped answering and "
+     "uses the CPU"),
+    ("self-doorbells",
+     "a device that rings its own ID has its handler run at once by QEMU's main loop; the "
+     "backend reports the effect at the trace's handle_irq step"),
+    ("message order across endpoints",
+     "the sends of one step are compared as a multiset: the server's order per peer is the "
+     "model's, the interleaving between sockets is the kernel's"),
+    ("undefined behaviour",
+     "a read past an array or a write into freed memory is undefined behaviour: the model "
+     "ends the process there (crashed: out_of_bounds / use_after_free); QEMU agrees when it "
+     "then crashes or aborts, whatever the symptom; when it runs on, nothing outside a memory "
+     "checker can confirm the access, and the step differs"),
+)
+
+UNDEFINED = ("out_of_bounds", "use_after_free")
+
+
+def undefined_behaviour(observations: list[Observation]) -> bool:
+    """Whether the model's step ends in undefined behaviour (see ABSTRACTIONS)."""
+    return any(o.get("fate") == "crashed" and str(o.get("reason", "")).startswith(UNDEFINED)
+               for o in observations)
+
+
+def abnormal_end(observations: list[Observation]) -> bool:
+    return any(o.get("fate") in ("crashed", "aborted") for o in observations)
+
+
+def comparable(observations: list[Observation], kvm: bool) -> list[str]:
+    """The observations both interpreters can make, as sorted canonical JSON strings."""
+    out: list[str] = []
+    for obs in observations:
+        (kind,) = obs.keys() & {"send", "read", "error", "msi", "fate", "irq", *UNOBSERVABLE}
+        if kind in UNOBSERVABLE or (kind == "msi" and kvm):
+            continue
+        if kind == "fate":
+            obs = _fate_key(obs)
+        out.append(json.dumps(obs, sort_keys=True))
+    return sorted(out)
+
+
+def _fate_key(obs: Observation) -> Observation:
+    kind = obs["fate"]
+    if kind in ("aborted", "failed"):
+        return {"fate": kind, "reason": _assertion(obs.get("reason", ""))}
+    return {"fate": kind}
+
+
+def _assertion(text: str) -> str:
+    """``function: Assertion `expr' failed.`` (both sides print it so; the model may add
+    where it is)."""
+    marker = text.find(": Assertion `")
+    if marker < 0:
+        return text
+    start = text.rfind(" ", 0, marker) + 1
+    return text[start:]
+
+
+@dataclass
+class Verdict:
+    """``agree``, ``differ`` (at ``step``, with both sides) or ``unsupported`` (``detail``)."""
+
+    verdict: str
+    step: int | None = None
+    detail: str = ""
+    model: Any = None
+    qemu: Any = None
+    qemu_run: BackendRun | None = field(default=None, repr=False)
+    model_run: RunResult | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"verdict": self.verdict}
+        if self.step is not None:
+            out["step"] = self.step
+        if self.detail:
+            out["detail"] = self.detail
+        if self.verdict == "differ":
+            out["model"] = self.model
+            out["qemu"] = self.qemu
+        return out
+
+    def __str__(self) -> str:
+        if self.verdict == "agree":
+            return "agree"
+        if self.verdict == "unsupported":
+            return f"not expressible on QEMU: {self.detail}"
+        return (f"differ at step {self.step} ({self.detail}):\n  model: {self.model}\n"
+                f"  qemu:  {self.qemu}")
+
+
+def compare(model: RunResult, qemu: BackendRun, kvm: bool) -> Verdict:
+    if qemu.unsupported is not None and not qemu.steps:
+        return Verdict("unsupported", None, qemu.unsupported)
+    for mine, theirs in zip(model.steps, qemu.steps, strict=False):
+        if mine.enabled != theirs.enabled:
+            return Verdict("differ", mine.index, "enabled", mine.enabled, theirs.enabled)
+        if undefined_behaviour(mine.observations) and abnormal_end(theirs.observations):
+            continue
+        left = comparable(mine.observations, kvm)
+        right = comparable(theirs.observations, kvm)
+        if left != right:
+            return Verdict("differ", mine.index, "observations", left, right)
+    if qemu.unsupported is not None:
+        return Verdict("unsupported", len(qemu.steps), qemu.unsupported)
+    if len(model.steps) != len(qemu.steps):
+        at = min(len(model.steps), len(qemu.steps))
+        return Verdict("differ", at, "length", len(model.steps), len(qemu.steps))
+    return Verdict("agree")
+
+
+def conform(trace: Trace, backend: QemuBackend, variant: str = "qemu-7.2") -> Verdict:
+    """Run ``trace`` on the model (``variant``) and on QEMU; the first difference."""
+    model = run_trace(trace, get_variant(variant))
+    qemu = backend.run(trace)
+    verdict = compare(model, qemu, backend.force_kvm or trace.config.host.kvm_msi_irqfd)
+    verdict.model_run, verdict.qemu_run = model, qemu
+    return verdict
+
+
+# ---------------------------------------------------------------------------------------------
+# Confirming counterexamples
+
+
+def violated_step(cx: Counterexample, variant: str) -> int | None:
+    """The step at which ``variant`` violates the entry's property, if it is expected to."""
+    expect = dict(cx.expect).get(variant)
+    if isinstance(expect, dict):
+        return int(expect["step"])
+    return None
+
+
+def confirm(cx: Counterexample, backend: QemuBackend, variant: str = "qemu-7.2"
+            ) -> dict[str, Any]:
+    """What QEMU does with a counterexample the ``variant`` violates:
+
+    * ``confirmed``: QEMU shows the same fate at the same step (the crash, abort, hang or
+      realize failure the model predicts);
+    * ``consistent``: every observable step agrees, and the violation is of state QEMU does
+      not expose (a KVM route left behind, an fd closed twice);
+    * ``not reproduced``: QEMU differs, with the first difference;
+    * ``unsupported``: the backend cannot run the trace, with the reason.
+    """
+    at = violated_step(cx, variant)
+    verdict = conform(cx.trace, backend, variant)
+    record: dict[str, Any] = {"verdict": "", "seconds": round(_seconds(verdict), 2)}
+    if verdict.verdict == "unsupported":
+        record.update(verdict="unsupported", detail=verdict.detail)
+        return record
+    qemu_run = verdict.qemu_run
+    assert qemu_run is not None
+    fate = _fate_at(qemu_run, at)
+    if verdict.verdict == "agree":
+        record["verdict"] = "confirmed" if fate is not None else "consistent"
+        if fate is not None:
+            record["qemu"] = fate
+        return record
+    if at is not None and verdict.step == at and not backend.memcheck \
+            and verdict.model_run is not None \
+            and undefined_behaviour(verdict.model_run.steps[at].observations):
+        # The access the model names left QEMU running: ask a memory checker.
+        checked = confirm(cx, QemuBackend(backend.binary, backend.force_kvm, backend.version,
+                                          memcheck=True), variant)
+        checked["checker"] = "valgrind memcheck"
+        return checked
+    record.update(verdict="not reproduced", detail=str(verdict))
+    return record
+
+
+def _fate_at(run: BackendRun, at: int | None) -> Observation | None:
+    if at is None or at >= len(run.steps):
+        return None
+    return next((o for o in run.steps[at].observations if "fate" in o), None)
+
+
+def _seconds(verdict: Verdict) -> float:
+    return verdict.qemu_run.seconds if verdict.qemu_run is not None else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Conformance cases (counterexamples/conformance/): a trace on which the model once differed
+# from QEMU, with what QEMU showed at each step, so the model is held to it with or without
+# a QEMU at hand.
+
+
+def case_json(name: str, summary: str, origin: str, trace: Trace, run: BackendRun,
+              kvm: bool) -> dict[str, Any]:
+    """A conformance case recording ``run`` (QEMU's comparable observations per step)."""
+    body = trace.to_json()
+    del body["format"]
+    return {
+        "format": CONFORMANCE_FORMAT,
+        "name": name,
+        "summary": summary,
+        "origin": origin,
+        "trace": body,
+        "qemu": {run.backend.removeprefix("qemu-"): [
+            {"enabled": s.enabled, "observations": comparable(s.observations, kvm)}
+            for s in run.steps
+        ]},
+    }
+
+
+def check_case(case: dict[str, Any], version: str, steps: list[Any], kvm: bool) -> str | None:
+    """``None`` when ``steps`` (a model's or QEMU's run) shows what the case recorded for
+    QEMU ``version``, else the first difference."""
+    recorded = case["qemu"][version]
+    if len(steps) != len(recorded):
+        return f"{len(steps)} steps, QEMU {version} took {len(recorded)}"
+    for index, (mine, theirs) in enumerate(zip(steps, recorded, strict=True)):
+        seen = {"enabled": mine.enabled, "observations": comparable(mine.observations, kvm)}
+        if seen != theirs:
+            return f"step {index}: {seen} where QEMU {version} showed {theirs}"
+    return None
