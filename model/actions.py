@@ -151,7 +151,8 @@ class Action:
             value = getattr(self, f.name)
             if f.name == "props":
                 value = dict(value)
-            if f.name == "offset" and isinstance(self, PbaRead) and value == 0:
+            if (f.name == "offset" and isinstance(self, PbaRead) and value == 0) or (
+                    f.name == "hotplug" and value is False):
                 continue  # optional field: keep traces written before it byte-identical
             out[f.name] = value
         return out
@@ -200,10 +201,14 @@ class ServerExit(Action):
 
 @dataclass(frozen=True, slots=True)
 class Realize(Action):
+    """``-device TYPE,props`` on QEMU's command line, or with ``hotplug`` (an extension)
+    ``device_add`` into a running QEMU: then a failed realize leaves QEMU running."""
+
     name: ClassVar[str] = "realize"
     endpoint: int
     device: str
     props: tuple[tuple[str, PropValue], ...] = ()
+    hotplug: bool = False
 
     def prop(self, key: str, default: PropValue | None = None) -> PropValue | None:
         for k, v in self.props:
@@ -340,6 +345,8 @@ def _check_field(cls: type[Action], key: str, value: Any) -> Any:
             return _int(value, key, INT64_MIN, INT64_MAX)
         return _fd_kind(value)
     if cls is Realize:
+        if key == "hotplug":
+            return _bool(value, key)
         if key == "device":
             text = _str(value, key)
             if text not in DEVICE_TYPES:

@@ -664,9 +664,13 @@ def ivshmem_recv_setup(s: IVShmemState, errp: Errp) -> None:
         return
     if msg != IVSHMEM_PROTOCOL_VERSION:
         errp.set(f"server sent version {msg}, expecting {IVSHMEM_PROTOCOL_VERSION}")
+        if fd != -1 and s.proc.variant.recv_setup_closes_fd:
+            s.proc.close(fd, 690)
         return
     if fd != -1:
         errp.set("server sent invalid version message")
+        if s.proc.variant.recv_setup_closes_fd:
+            s.proc.close(fd, 695)
         return
     msg, fd = ivshmem_recv_msg(s, err)
     if err:
@@ -674,6 +678,8 @@ def ivshmem_recv_setup(s: IVShmemState, errp: Errp) -> None:
         return
     if fd != -1 or msg < 0 or msg > IVSHMEM_MAX_PEERS:
         errp.set("server sent invalid ID message")
+        if fd != -1 and s.proc.variant.recv_setup_closes_fd:
+            s.proc.close(fd, 718)
         return
     s.vm_id = msg
     if s.proc.variant.resize_peers_for_own_id and s.vm_id >= s.nb_peers:

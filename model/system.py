@@ -348,6 +348,10 @@ def _realize(state: SystemState, a: Realize) -> StepResult | None:
         return work.finish(a.endpoint, proc, None, _fate_of(exc))
     if s is None:
         proc.obs.append({"error": error})
+        if a.hotplug or ep.unplugged:
+            # device_add into a running QEMU: the error goes back to the monitor, QEMU runs on
+            # (qdev_device_add's caller; a command-line -device failure exits instead).
+            return work.finish(a.endpoint, proc, None)
         return work.finish(a.endpoint, proc, None, Fate("failed", error or ""))
     return work.finish(a.endpoint, proc, s.freeze(), unplugged=False)
 

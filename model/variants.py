@@ -156,6 +156,12 @@ class Variant:
         "RAM block.  Unreachable while the PCI core unmaps BARs before exit "
         "(device.pci_qdev_unrealize); kept for a core that unmaps them after it",
     )
+    recv_setup_closes_fd: bool = flag(
+        "proposed", "689-697, 717-719",
+        "a version or ID message that carries an fd fails realize without closing the fd: "
+        "after a hot-plug (device_add) QEMU runs on holding it (QEMU 7.2.22: one more eventfd "
+        "in /proc/PID/fd after the failed realize)",
+    )
     recv_msg_eof_is_error: bool = flag(
         "proposed", "660-672",
         "on a closed socket qemu_chr_fe_read_all returns 0 and ivshmem_recv_msg loops forever: "
@@ -206,6 +212,7 @@ FIXED = replace(
     exit_leaves_fd_to_ramblock=True,
     vector_poll_connected_only=True,
     recv_msg_eof_is_error=True,
+    recv_setup_closes_fd=True,
 )
 
 BEFORE_COMMITS = (

@@ -23,12 +23,15 @@ Comparison rules, per step:
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.actions import CONFORMANCE_FORMAT, Counterexample, Trace
+from model.actions import CONFORMANCE_FORMAT, Action, Config, Counterexample, Trace
 from model.executor.qemu.backend import BackendRun, QemuBackend
+from model.system import initial_state, successors
 from model.variants import get_variant
+from properties.minimize import ddmin
 from properties.trace import RunResult, run_trace
 
 Observation = dict[str, Any]
@@ -261,3 +264,43 @@ def check_case(case: dict[str, Any], version: str, steps: list[Any], kvm: bool) 
         if seen != theirs:
             return f"step {index}: {seen} where QEMU {version} showed {theirs}"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated traces
+
+
+def random_walk(config: Config, length: int, rng: random.Random,
+                variant: str = "qemu-7.2") -> Trace:
+    """A trace of up to ``length`` steps, each drawn among the model's enabled actions."""
+    state = initial_state(config, get_variant(variant))
+    steps: list[Action] = []
+    for _ in range(length):
+        choices = successors(state)
+        if not choices:
+            break
+        action, state, _obs = rng.choice(choices)
+        steps.append(action)
+    return Trace(config, tuple(steps))
+
+
+def campaign(configs: list[Config], count: int, length: int, seed: int, backend: QemuBackend,
+             variant: str = "qemu-7.2") -> list[tuple[Trace, Verdict]]:
+    """``count`` random walks per configuration, each run on both sides."""
+    rng = random.Random(seed)
+    out = []
+    for config in configs:
+        for _ in range(count):
+            trace = random_walk(config, length, rng, variant)
+            out.append((trace, conform(trace, backend, variant)))
+    return out
+
+
+def shrink(trace: Trace, backend: QemuBackend, variant: str = "qemu-7.2") -> Trace:
+    """A shortest-found prefix-and-subset of ``trace`` that still differs (delta debugging
+    over steps; each probe is one QEMU run)."""
+
+    def differs(config: Config, steps: tuple[Action, ...]) -> bool:
+        return conform(Trace(config, steps), backend, variant).verdict == "differ"
+
+    return Trace(trace.config, ddmin(trace.config, trace.steps, differs))

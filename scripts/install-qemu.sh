@@ -8,8 +8,12 @@
 # the time is unpacking and triggers, not download).
 set -u
 
-if command -v qemu-system-x86_64 >/dev/null 2>&1; then
-    echo "install-qemu: $(qemu-system-x86_64 --version | head -n 1) is already installed"
+# valgrind confirms use-after-free findings on QEMU (the backend's --memcheck).
+packages=""
+command -v qemu-system-x86_64 >/dev/null 2>&1 || packages="$packages qemu-system-x86"
+command -v valgrind >/dev/null 2>&1 || packages="$packages valgrind"
+if [ -z "$packages" ]; then
+    echo "install-qemu: $(qemu-system-x86_64 --version | head -n 1) and valgrind are installed"
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -31,8 +35,9 @@ if ! $sudo apt-get update; then
     echo "install-qemu: apt-get update failed (no network?); tests/test_qemu.py skips"
     exit 0
 fi
-if ! $sudo apt-get install -y --no-install-recommends qemu-system-x86; then
-    echo "install-qemu: apt-get install qemu-system-x86 failed; tests/test_qemu.py skips"
+# shellcheck disable=SC2086
+if ! $sudo apt-get install -y --no-install-recommends $packages; then
+    echo "install-qemu: apt-get install$packages failed; tests/test_qemu.py skips"
     exit 0
 fi
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then

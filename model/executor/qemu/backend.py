@@ -180,6 +180,7 @@ class _Session:
         # Effects of a doorbell a device rang to itself: QEMU ran the handler at once; they
         # are reported at the trace's handle_irq step.  (endpoint, vector) -> observations
         self.held: dict[tuple[int, int], list[list[Observation]]] = {}
+        self.started = 0  # QEMU processes started (their sockets need distinct names)
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -313,7 +314,7 @@ class _Session:
 
     def _connect(self, a: Connect) -> list[Observation] | None:
         channel = self.channels[a.endpoint]
-        if channel.received or channel.upstream is not None or not self.server_up:
+        if channel.connected or not self.server_up:
             return None
         if self._dead(a.endpoint):
             return None
@@ -333,9 +334,17 @@ class _Session:
             if machine.alive:
                 machine.kill()
             self.result.stderr[a.endpoint] = machine.stderr_lines
+        held = self.server.fds() if self.server is not None and channel.upstream else None
         channel.close()
-        self.channels[a.endpoint] = Channel(self.workdir, a.endpoint, channel.use_standins)
-        self.channels[a.endpoint].received = 1 << 30  # a process that left does not come back
+        if held is not None:
+            # Wait until the server has seen the peer go (it closes the peer's socket and
+            # eventfds), so the next step meets the server the model describes.
+            deadline = time.monotonic() + 2.0
+            while self.server.fds() >= held and time.monotonic() < deadline:
+                time.sleep(0.002)
+        # The process is gone; a later connect is a new process with a new socket.
+        self.channels[a.endpoint] = Channel(self.workdir, f"{a.endpoint}.{id(channel)}",
+                                            channel.use_standins)
         self.machines[a.endpoint] = None
         return []
 
@@ -384,7 +393,8 @@ class _Session:
         spec = device_spec(a, e)
         hotplug = getattr(a, "hotplug", False)
         if running is None:
-            machine = Machine(self.workdir, f"e{e}", self.backend.binary, self.kvm,
+            self.started += 1
+            machine = Machine(self.workdir, f"q{self.started}", self.backend.binary, self.kvm,
                               self.backend.memcheck)
             self.machines[e] = machine
             machine.launch(channel.path if chardev else None, None if hotplug else spec)

@@ -51,9 +51,8 @@ class Standin:
 
 
 class Channel:
-    def __init__(self, workdir: str, endpoint: int, standins: bool) -> None:
-        self.endpoint = endpoint
-        self.path = os.path.join(workdir, f"e{endpoint}.chardev")
+    def __init__(self, workdir: str, name: int | str, standins: bool) -> None:
+        self.path = os.path.join(workdir, f"e{name}.chardev")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.path)
         self.listener.listen(1)

@@ -1,0 +1,173 @@
+"""Conformance with the real QEMU (design §10): the comparison rules, the corpus confirmed on
+QEMU 7.2, the conformance cases held on both sides, and a bounded generated campaign.
+
+The rules are tested without QEMU; everything that runs QEMU skips, saying why, when
+``qemu-system-x86_64`` is not installed (``scripts/install-qemu.sh`` installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ivshmem_model.check import embedded_configs
+from ivshmem_model.cli import main
+from model.actions import Connect, Realize, load_counterexample, load_json_file, load_trace
+from model.executor.qemu.backend import BackendRun, BackendStep, QemuBackend
+from model.executor.qemu.machine import classify_exit, kvm_available
+from model.variants import get_variant
+from properties.conform import campaign, check_case, comparable, compare, confirm
+from properties.trace import RunResult, StepRecord, run_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "counterexamples"
+CASES = sorted((CORPUS / "conformance").glob("*.json"))
+QEMU_72 = get_variant("qemu-7.2")
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                                reason="qemu-system-x86_64 not installed: run "
+                                       "scripts/install-qemu.sh")
+
+
+def _runs(model_obs: list[dict[str, object]], qemu_obs: list[dict[str, object]],
+          qemu_enabled: bool = True) -> tuple[RunResult, BackendRun]:
+    action = Connect(0)
+    model = RunResult("qemu-7.2", [StepRecord(0, action, True, model_obs)])
+    qemu = BackendRun("qemu-7.2", [BackendStep(0, action, qemu_enabled, qemu_obs)])
+    return model, qemu
+
+
+# -- the rules, without QEMU -----------------------------------------------------------------
+
+
+def test_comparable_drops_what_qemu_cannot_show_and_keeps_the_rest() -> None:
+    obs = [{"fd": "closed"}, {"fault": "fd_misuse", "detail": "x"}, {"msi": 0}, {"read": 3},
+           {"send": {"to": 0, "value": 1, "fd": None}}]
+    assert comparable(obs, kvm=True) == sorted(
+        [json.dumps({"read": 3}), json.dumps({"send": {"fd": None, "to": 0, "value": 1}},
+                                             sort_keys=True)])
+    assert json.dumps({"msi": 0}) in comparable(obs, kvm=False)
+
+
+def test_compare_names_the_first_differing_step_and_both_sides() -> None:
+    model, qemu = _runs([{"read": 1}], [{"read": 2}])
+    verdict = compare(model, qemu, kvm=False)
+    assert (verdict.verdict, verdict.step, verdict.detail) == ("differ", 0, "observations")
+    assert verdict.model == ['{"read": 1}'] and verdict.qemu == ['{"read": 2}']
+    model, qemu = _runs([], [], qemu_enabled=False)
+    assert compare(model, qemu, kvm=False).detail == "enabled"
+    model, qemu = _runs([{"read": 1}], [{"read": 1}])
+    assert compare(model, qemu, kvm=False).verdict == "agree"
+
+
+def test_assertions_compare_by_text_crashes_by_kind() -> None:
+    ours = {"fate": "aborted", "reason": "f: Assertion `x' failed.", "line": 3}
+    model, qemu = _runs([ours], [{"fate": "aborted", "reason": "f: Assertion `y' failed."}])
+    assert compare(model, qemu, kvm=False).verdict == "differ"
+    model, qemu = _runs([{"fate": "crashed", "reason": "double_free: x", "line": 439}],
+                        [{"fate": "crashed", "reason": "SIGSEGV"}])
+    assert compare(model, qemu, kvm=False).verdict == "agree"
+
+
+def test_undefined_behaviour_agrees_only_with_an_abnormal_end() -> None:
+    ub = {"fate": "crashed", "reason": "out_of_bounds: peers[16]", "line": 812}
+    model, qemu = _runs([ub], [{"fate": "aborted", "reason": "g: Assertion `z' failed."}])
+    assert compare(model, qemu, kvm=False).verdict == "agree"
+    model, qemu = _runs([ub], [])
+    assert compare(model, qemu, kvm=False).verdict == "differ"
+
+
+def test_exit_status_and_stderr_give_the_outcome() -> None:
+    assert classify_exit(1, ["qemu-system-x86_64: -device ivshmem-doorbell,id=dev0: "
+                             "server sent version 1, expecting 0"]).reason == \
+        "server sent version 1, expecting 0"
+    aborted = classify_exit(-6, ["qemu-system-x86_64: ../hw/pci/msix.c:1: msix_vector_use: "
+                                 "Assertion `vector < n' failed."])
+    assert (aborted.kind, aborted.reason) == ("aborted",
+                                              "msix_vector_use: Assertion `vector < n' failed.")
+    assert classify_exit(-11, []).kind == "crashed"
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_conformance_case_holds_on_the_model(path: Path) -> None:
+    case = load_json_file(str(path))
+    trace = load_trace(str(path))
+    result = run_trace(trace, QEMU_72)
+    assert check_case(case, "7.2", result.steps, trace.config.host.kvm_msi_irqfd) is None
+
+
+def test_hotplug_failure_leaves_the_process_running_in_the_model() -> None:
+    config = load_trace(str(CASES[0])).config
+    bad = Realize(0, "ivshmem-doorbell", (("chardev", True), ("vectors", 0)), hotplug=True)
+    result = run_trace_steps(config, [Connect(0), bad])
+    assert not any("fate" in o for o in result.steps[-1].observations)
+    assert "hotplug" in bad.to_json() and "hotplug" not in Realize(0, "ivshmem-plain").to_json()
+
+
+def run_trace_steps(config: object, steps: list[object]) -> RunResult:
+    from model.actions import Trace
+
+    return run_trace(Trace(config, tuple(steps)), QEMU_72)  # type: ignore[arg-type]
+
+
+# -- on QEMU 7.2 -----------------------------------------------------------------------------
+
+
+def _recorded() -> list[Path]:
+    return [p for p in sorted(CORPUS.glob("*.json"))
+            if "7.2" in load_json_file(str(p)).get("qemu", {})]
+
+
+@needs_qemu
+@pytest.mark.parametrize("path", _recorded(), ids=[p.stem for p in _recorded()])
+def test_corpus_entry_reproduces_on_qemu_as_recorded(path: Path) -> None:
+    recorded = load_json_file(str(path))["qemu"]["7.2"]
+    cx = load_counterexample(str(path))
+    if cx.trace.config.host.kvm_msi_irqfd and not kvm_available():
+        pytest.skip("the KVM irqfd path needs /dev/kvm")
+    if recorded.get("checker") == "valgrind memcheck" and shutil.which("valgrind") is None:
+        pytest.skip("confirmed under valgrind, which is not installed")
+    record = confirm(cx, QemuBackend())
+    assert record["verdict"] == recorded["verdict"], record
+    if "qemu" in recorded:
+        assert record["qemu"]["fate"] == recorded["qemu"]["fate"]
+
+
+@needs_qemu
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_conformance_case_holds_on_qemu(path: Path) -> None:
+    case = load_json_file(str(path))
+    trace = load_trace(str(path))
+    run = QemuBackend().run(trace)
+    assert check_case(case, "7.2", run.steps, trace.config.host.kvm_msi_irqfd) is None
+
+
+@needs_qemu
+def test_generated_traces_agree_with_qemu() -> None:
+    """A bounded campaign: random walks over the model's enabled actions, run on both."""
+    names = ["contrib-tcg", "scripted-tcg"] + (["contrib-kvm", "msix-reset-kvm"]
+                                               if kvm_available() else [])
+    configs = [c.config for c in embedded_configs() if c.name in names]
+    results = campaign(configs, count=6, length=8, seed=7, backend=QemuBackend())
+    differ = [(t.to_json()["steps"], str(v)) for t, v in results if v.verdict == "differ"]
+    assert not differ, differ[0]
+    assert sum(v.verdict == "agree" for _, v in results) >= len(results) // 2
+
+
+@needs_qemu
+def test_run_on_qemu_prints_json_with_outcomes(capsys: pytest.CaptureFixture[str]) -> None:
+    path = CORPUS / "realize-spins-on-closed-socket.json"
+    assert main(["run", str(path), "--backend", "qemu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["outcomes"]["0"]["outcome"] == "hung"
+    assert out["steps"][-1]["observations"][-1]["fate"] == "hung"
+
+
+@needs_qemu
+def test_conform_command_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["conform", str(CORPUS / "unmask-without-route-aborts.json"),
+                 str(CASES[0])]) == 0
+    assert "2 agree, 0 differ" in capsys.readouterr().out
