@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -557,7 +556,3 @@ def _error_line(line: str) -> str | None:
     if not text or text.startswith("warning:") or "Assertion" in text:
         return None
     return text
-
-
-def qemu_available(binary: str | None = None) -> bool:
-    return qemu_binary(binary) is not None and shutil.which("true") is not None

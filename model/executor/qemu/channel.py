@@ -16,7 +16,6 @@ runs in the step the trace says, not whenever the owner's main loop gets to it.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import fcntl
 import os
@@ -207,9 +206,3 @@ def model_fd_kind(fd: int) -> str:
     kind ``/proc`` shows."""
     kind = wire.fd_kind(fd)
     return "shm" if kind in ("memfd", "file") else kind
-
-
-def send_fds_message(sock: socket.socket, value: int, fds: list[int]) -> None:
-    """One 8-byte message with several fds in one SCM_RIGHTS (a hostile server's)."""
-    payload = array.array("i", fds).tobytes()
-    sock.sendmsg([wire.MSG.pack(value)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, payload)])
