@@ -314,12 +314,61 @@ class Migrate(Action):
     endpoint: int
 
 
+@dataclass(frozen=True, slots=True)
+class ShmRead(Action):
+    """An extension: a guest load from BAR2, the shared memory (``offset`` aligned to
+    ``size``)."""
+
+    name: ClassVar[str] = "shm_read"
+    endpoint: int
+    offset: int
+    size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ShmWrite(Action):
+    """An extension: a guest store to BAR2; other peers mapping the same memory see it."""
+
+    name: ClassVar[str] = "shm_write"
+    endpoint: int
+    offset: int
+    value: int
+    size: int = 4
+
+
+CONFIG_REGISTERS = (
+    "id", "command", "status", "class", "bar0", "bar1", "bar2", "bar3", "subsystem",
+    "interrupt_line", "interrupt_pin", "msix_control",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRead(Action):
+    """An extension: a guest read of a PCI configuration register, by name (``model/pci.py``
+    says where each is and how wide)."""
+
+    name: ClassVar[str] = "config_read"
+    endpoint: int
+    register: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigWrite(Action):
+    """An extension: a guest write of a PCI configuration register: ``command`` (memory
+    decoding 0x2, bus mastering 0x4), a BAR (0xFFFFFFFF sizes it), ``msix_control``..."""
+
+    name: ClassVar[str] = "config_write"
+    endpoint: int
+    register: str
+    value: int
+
+
 ACTION_TYPES: dict[str, type[Action]] = {
     cls.name: cls
     for cls in (
         Connect, Disconnect, ServerSend, ServerExit, Realize, Deliver, MmioRead, MmioWrite,
         Ring, MsixEnable, MsixFunctionMask, MsixMask, PbaRead, HandleIrq, ClientNotify, Reset,
-        Unplug, Migrate,
+        Unplug, Migrate, ShmRead, ShmWrite, ConfigRead, ConfigWrite,
     )
 }
 
@@ -334,6 +383,12 @@ def _fd_kind(value: Any) -> str | None:
     raise TraceError(
         f'expected null, "eventfd", "shm" or "shm:BYTES", got {json.dumps(value)}', "fd"
     )
+
+
+def _access_size(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in ACCESS_SIZES:
+        raise TraceError(f"expected 1, 2, 4 or 8, got {json.dumps(value)}", key)
+    return int(value)
 
 
 def _check_field(cls: type[Action], key: str, value: Any) -> Any:
@@ -360,10 +415,22 @@ def _check_field(cls: type[Action], key: str, value: Any) -> Any:
         if key == "offset":
             return _int(value, key, 0, 255)
         if key == "size":
-            if value not in ACCESS_SIZES or isinstance(value, bool):
-                raise TraceError(f"expected 1, 2, 4 or 8, got {json.dumps(value)}", key)
-            return value
+            return _access_size(value, key)
         return _int(value, key, 0, UINT64_MAX)
+    if cls in (ShmRead, ShmWrite):
+        if key == "offset":
+            return _int(value, key, 0, UINT64_MAX)
+        if key == "size":
+            return _access_size(value, key)
+        return _int(value, key, 0, UINT64_MAX)
+    if cls in (ConfigRead, ConfigWrite):
+        if key == "register":
+            text = _str(value, key)
+            if text not in CONFIG_REGISTERS:
+                raise TraceError(f"unknown register {json.dumps(text)}; expected one of "
+                                 f"{', '.join(CONFIG_REGISTERS)}", key)
+            return text
+        return _int(value, key, 0, UINT32_MAX)
     if cls is PbaRead:
         offset = _int(value, key, 0, 4092)
         if offset % 4:
@@ -400,8 +467,11 @@ def action_from_json(obj: Any) -> Action:
         elif f.default is f.default_factory:  # MISSING for both: a required field
             raise TraceError(f'missing field for action "{name}"', key)
     action = cls(**kwargs)
-    if isinstance(action, MmioWrite) and action.value >> (8 * action.size):
+    if isinstance(action, MmioWrite | ShmWrite) and action.value >> (8 * action.size):
         raise TraceError(f"{action.value} does not fit in {action.size} byte(s)", "value")
+    if isinstance(action, ShmRead | ShmWrite) and action.offset % action.size:
+        raise TraceError(f"offset {action.offset} is not a multiple of the size {action.size}",
+                         "offset")
     return action
 
 

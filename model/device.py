@@ -30,7 +30,8 @@ from model.msix import (
     msix_unset_vector_notifiers,
     msix_vector_use,
 )
-from model.proc import Abort, Crash, Hang, Proc, WouldBlock
+from model.pci import PCI_BASE_ADDRESS_MEM_PREFETCH, PCI_BASE_ADDRESS_MEM_TYPE_64
+from model.proc import Abort, Crash, Exit, Hang, Proc, WouldBlock
 from model.state import (
     DEFAULT_MSI_VECTOR,
     DEFAULT_PEER,
@@ -105,14 +106,15 @@ class IVShmemState(PCIDevice):
     """Mutable mirror of ``IVShmemState`` (seed 83-122)."""
 
     __slots__ = (
-        "_frozen", "bar2", "bar2_fd", "bar2_size", "chardev", "endpoint", "features", "hostmem",
-        "interrupt_pin", "intrmask", "intrstatus", "ioeventfds", "irq_level", "legacy_size",
+        "_frozen", "bar2", "bar2_64bit", "bar2_fd", "bar2_size", "chardev", "endpoint",
+        "features", "hostmem", "hostmem_data", "interrupt_pin", "intrmask", "intrstatus",
+        "ioeventfds", "irq_level", "legacy_size",
         "master", "migration_blocker", "msg_buffered_bytes", "msi_vectors",
         "msi_vectors_block", "nb_peers", "peers", "peers_block", "type", "vectors", "vm_id",
     )
 
     def __init__(self, proc: Proc, d: Device) -> None:
-        super().__init__(proc, d.msix)
+        super().__init__(proc, d.msix, d.pci)
         self._frozen = d
         self.endpoint = proc.endpoint
         self.type = d.type
@@ -135,6 +137,8 @@ class IVShmemState(PCIDevice):
         self.bar2 = d.bar2
         self.bar2_fd = d.bar2_fd
         self.bar2_size = d.bar2_size
+        self.bar2_64bit = d.bar2_64bit
+        self.hostmem_data = d.hostmem_data
         self.msg_buffered_bytes = d.msg_buffered_bytes
         self.migration_blocker = d.migration_blocker
         self.ioeventfds = list(d.ioeventfds)
@@ -173,6 +177,9 @@ class IVShmemState(PCIDevice):
             migration_blocker=self.migration_blocker,
             ioeventfds=d.ioeventfds if ioeventfds == d.ioeventfds else ioeventfds,
             msix=self.freeze_msix(d.msix),
+            pci=self.pci,
+            bar2_64bit=self.bar2_64bit,
+            hostmem_data=self.hostmem_data,
         )
         return d if device == d else device
 
@@ -554,6 +561,10 @@ def process_msg_shmem(s: IVShmemState, fd: int, errp: Errp) -> None:
     if error:
         errp.set(error)
         return
+    if s.proc.variant.bar2_size_checked and not is_power_of_2(size):
+        errp.set(f"server sent shared memory of {size} bytes, not a power of 2")
+        s.proc.close(fd, 544)
+        return
     s.bar2 = "server"
     s.bar2_fd = fd
     s.bar2_size = size
@@ -844,6 +855,22 @@ def ivshmem_common_realize(s: IVShmemState, errp: Errp) -> None:
         s.master = "on" if s.vm_id == 0 else "off"
     if not ivshmem_is_master(s):
         s.migration_blocker = True
+    # vmstate_register_ram, then the BAR (seed 966-967)
+    pci_register_bar(s, s.bar2_size)
+
+
+def pci_register_bar(s: IVShmemState, size: int) -> None:
+    """The size check of ``pci_register_bar`` (pci.c): a BAR's size is a power of 2.  A server
+    may send a page-aligned shared memory of any size, and a memdev may have any size."""
+    if is_power_of_2(size):
+        return
+    if s.proc.variant.bar_size_asserts:
+        raise Abort("pci_register_bar: Assertion `is_power_of_2(size)' failed.",
+                    "pci.c pci_register_bar")
+    bar_type = PCI_BASE_ADDRESS_MEM_PREFETCH | (PCI_BASE_ADDRESS_MEM_TYPE_64 if s.bar2_64bit
+                                                else 0)
+    raise Exit(f"ERROR: PCI region size must be pow2 type={bar_type:#x}, size={size:#x}",
+               "pci.c pci_register_bar")
 
 
 def pci_qdev_unrealize(s: IVShmemState) -> None:
@@ -1012,6 +1039,7 @@ def realize_device(
         master=str(values.get("master", "off")),
         chardev=bool(values.get("chardev", False)),
         hostmem=memdev_size is not None,
+        bar2_64bit=device_type != "ivshmem" or bool(values.get("use64")),
         bar2_size=_as_int(memdev_size),
         legacy_size=dtype.legacy_size,
     )
@@ -1036,6 +1064,9 @@ def ivshmem_plain_realize(s: IVShmemState, errp: Errp) -> None:
     """Seed 1094-1109 (a memdev is never busy here: one device per process)."""
     if not s.hostmem:
         errp.set("You must specify a 'memdev'")
+        return
+    if s.proc.variant.bar2_size_checked and not is_power_of_2(s.bar2_size):
+        errp.set(f"memdev size {s.bar2_size} is not a power of 2")
         return
     ivshmem_common_realize(s, errp)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from model.proc import Abort, Crash, Proc
-from model.state import FREED, LIVE, NULL, Msix
+from model.state import DEFAULT_PCI, FREED, LIVE, NULL, PCI_COMMAND_MASTER, Msix, PciConfig
 
 PCI_MSIX_FLAGS_QSIZE = 0x7FF
 
@@ -29,11 +29,12 @@ class PCIDevice:
         "msix_enable", "msix_entries_nr", "msix_entry_used", "msix_function_masked",
         "msix_maskall", "msix_masked", "msix_pba", "msix_present", "msix_table",
         "msix_vector_poll_notifier", "msix_vector_release_notifier", "msix_vector_use_notifier",
-        "proc",
+        "pci", "proc",
     )
 
-    def __init__(self, proc: Proc, m: Msix) -> None:
+    def __init__(self, proc: Proc, m: Msix, pci: PciConfig = DEFAULT_PCI) -> None:
         self.proc = proc
+        self.pci = pci  # the configuration space's guest-written registers (model.pci)
         self.msix_present = m.present
         self.msix_entries_nr = m.entries_nr
         self.msix_table = m.table
@@ -229,7 +230,10 @@ def msix_notify(dev: PCIDevice, vector: int) -> None:
         # Reachable through the stale msix_function_masked that msix_reset leaves behind.
         dev.proc.fault("msi_misuse", f"MSI for vector {vector} sent while MSI-X is disabled",
                        "msix.c msix_notify")
-    dev.proc.obs.append({"msi": vector})
+    # msi_send_message writes through the device's bus-master address space, which is off
+    # while the command register's Master bit is clear (pci.c 1543-1545): the MSI is lost.
+    if dev.pci.command & PCI_COMMAND_MASTER:
+        dev.proc.obs.append({"msi": vector})
 
 
 def msix_reset(dev: PCIDevice) -> None:

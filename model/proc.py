@@ -49,6 +49,15 @@ class WouldBlock(Exception):  # noqa: N818
     """A synchronous read found the channel empty: the action is not enabled (yet)."""
 
 
+class Exit(Exception):  # noqa: N818
+    """The C code calls ``exit(1)``: the process ends with an error, even after a hot-plug."""
+
+    def __init__(self, reason: str, line: int | str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.line = line
+
+
 class Hang(Exception):  # noqa: N818
     """A synchronous read loops forever on a closed connection."""
 
@@ -195,6 +204,15 @@ class World:
             return False
         self._w_objects()[entry.obj] = FileObject(obj.kind, 0, obj.size)
         return True
+
+    def set_data(self, d: int, data: tuple[tuple[int, int], ...]) -> None:
+        """Store ``data`` as the bytes of the object behind descriptor ``d`` (open or not: a
+        mapping outlives its descriptor)."""
+        entry = self._fds[d]
+        assert entry is not None
+        obj = self._objects[entry.obj]
+        assert obj is not None
+        self._w_objects()[entry.obj] = FileObject(obj.kind, obj.count, obj.size, data)
 
     def close_fd(self, d: int) -> None:
         entry = self._fds[d]

@@ -1,14 +1,21 @@
 """Servers and the contrib client, as pure functions over the working tables.
 
-Contrib server: ``contrib/ivshmem-server/ivshmem-server.c`` at ``585fcd4b1107`` (QEMU 3.1 era),
-cited as ``S:<line>``.  Contrib client: ``contrib/ivshmem-client/ivshmem-client.c`` at
-``ccd241b5a222``, cited as ``C:<line>``.  The scripted server has no policy of its own: it sends
-what ``server_send`` steps say.
+Contrib server: ``contrib/ivshmem-server/ivshmem-server.c`` of QEMU 7.2 (Debian
+``7.2+dfsg-7+deb12u18``; the same lines as ``585fcd4b1107`` up to S:361), cited as ``S:<line>``,
+and its ``main.c`` as ``M:<line>``.  Contrib client: ``contrib/ivshmem-client/ivshmem-client.c``
+at ``ccd241b5a222``, cited as ``C:<line>``.  The scripted server has no policy of its own: it
+sends what ``server_send`` steps say.
+
+The contrib server ignores every send error after the initial messages (S:189-208, S:85), and
+its sockets are non-blocking (S:149): a message to a client whose socket is full or whose end
+is closed is lost.  :class:`SocketLimits` says which sends the kernel takes; the default takes
+all (the system model's channels are unbounded).  :func:`select_round` is one turn of the
+server's select loop over connections and closes that piled up while it was not scheduled.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from model.proc import World
@@ -43,38 +50,71 @@ def send_obs(endpoint: int, value: int, fd: str | None) -> dict[str, Any]:
     return {"send": {"to": endpoint, "value": value, "fd": fd}}
 
 
-def handle_new_conn(
-    server: Server, world: World, endpoint: int, n_vectors: int, obs: list[dict[str, Any]]
-) -> Server | None:
-    """``ivshmem_server_handle_new_conn`` (S:131-223); ``None`` when it fails (no id left),
-    which makes the whole server shut down (S:404-425)."""
+def dropped_obs(endpoint: int, value: int, fd: str | None) -> dict[str, Any]:
+    return {"dropped": {"to": endpoint, "value": value, "fd": fd}}
+
+
+@dataclass(frozen=True, slots=True)
+class SocketLimits:
+    """Which sends the kernel accepts: at most ``capacity`` unread messages per client socket
+    (Linux counts bytes of socket buffers, so the number is measured per machine; ``None`` is
+    unbounded) and nothing to a client whose end is ``closed`` (EPIPE; SIGPIPE is ignored,
+    M:213-221)."""
+
+    capacity: int | None = None
+    closed: frozenset[int] = frozenset()
+
+    def accepts(self, world: World, to: int) -> bool:
+        if to in self.closed:
+            return False
+        return self.capacity is None or len(world.channel(to)) < self.capacity
+
+
+UNLIMITED = SocketLimits()
+
+
+def _send(world: World, limits: SocketLimits, to: int, value: int, obj: int | None,
+          kind: str | None, obs: list[dict[str, Any]]) -> bool:
+    """``ivshmem_server_send_one_msg`` (S:31-69): False when the kernel refuses it."""
+    if not limits.accepts(world, to):
+        obs.append(dropped_obs(to, value, kind))
+        return False
+    world.send(to, value, obj)
+    obs.append(send_obs(to, value, kind))
+    return True
+
+
+def new_conn(
+    server: Server, world: World, endpoint: int, n_vectors: int, obs: list[dict[str, Any]],
+    limits: SocketLimits = UNLIMITED,
+) -> Server | str:
+    """``ivshmem_server_handle_new_conn`` (S:131-222): the server with the new peer appended,
+    or the debug text of the failure, which makes the whole server shut down (S:414-419,
+    M:172-175): no id left, or an initial message refused (a client gone before it was
+    accepted: EPIPE)."""
     used = {p.id for p in server.peers}
     cur_id = server.cur_id
-    for _ in range(G_MAXUINT16):  # S:160-165
+    for _ in range(G_MAXUINT16):  # S:159-164
         if cur_id not in used:
             break
         cur_id = (cur_id + 1) & 0xFFFF
     else:
-        return None  # "cannot allocate new client id" (S:166-171)
+        return "cannot allocate new client id"  # S:165-170
     peer_id = cur_id
-    cur_id = (cur_id + 1) & 0xFFFF  # S:172
+    cur_id = (cur_id + 1) & 0xFFFF  # S:171
     eventfds = tuple(world.new_object(FileObject("eventfd")) for _ in range(n_vectors))
-
-    def send(to: int, value: int, obj: int | None, kind: str | None) -> None:
-        world.send(to, value, obj)
-        obs.append(send_obs(to, value, kind))
-
-    send(endpoint, 0, None, None)  # version (S:103)
-    send(endpoint, peer_id, None, None)  # id (S:112)
-    send(endpoint, -1, server.shm_obj, "shm")  # shm (S:120)
-    for other in server.peers:  # S:190-195
+    initial = ((0, None, None), (peer_id, None, None), (-1, server.shm_obj, "shm"))  # S:97-127
+    for value, obj, kind in initial:
+        if not _send(world, limits, endpoint, value, obj, kind, obs):
+            return "cannot send initial info"  # S:183-186
+    for other in server.peers:  # S:189-194, errors ignored
         for obj in eventfds:
-            send(other.endpoint, peer_id, obj, "eventfd")
-    for other in server.peers:  # S:198-203
+            _send(world, limits, other.endpoint, peer_id, obj, "eventfd", obs)
+    for other in server.peers:  # S:197-202
         for obj in other.eventfds:
-            send(endpoint, other.id, obj, "eventfd")
-    for obj in eventfds:  # S:206-209
-        send(endpoint, peer_id, obj, "eventfd")
+            _send(world, limits, endpoint, other.id, obj, "eventfd", obs)
+    for obj in eventfds:  # S:205-208
+        _send(world, limits, endpoint, peer_id, obj, "eventfd", obs)
     return replace(
         server,
         cur_id=cur_id,
@@ -82,23 +122,73 @@ def handle_new_conn(
     )
 
 
-def free_peer(server: Server, world: World, endpoint: int, obs: list[dict[str, Any]]) -> Server:
-    """``ivshmem_server_free_peer`` (S:74-94): one delete message to every remaining peer."""
+def handle_new_conn(
+    server: Server, world: World, endpoint: int, n_vectors: int, obs: list[dict[str, Any]],
+    limits: SocketLimits = UNLIMITED,
+) -> Server | None:
+    """:func:`new_conn` with ``None`` for a failure."""
+    outcome = new_conn(server, world, endpoint, n_vectors, obs, limits)
+    return None if isinstance(outcome, str) else outcome
+
+
+def free_peer(server: Server, world: World, endpoint: int, obs: list[dict[str, Any]],
+              limits: SocketLimits = UNLIMITED) -> Server:
+    """``ivshmem_server_free_peer`` (S:74-93): one delete message to every remaining peer."""
     gone = next((p for p in server.peers if p.endpoint == endpoint), None)
     if gone is None:
         return server
     remaining = tuple(p for p in server.peers if p.endpoint != endpoint)
-    for other in remaining:
-        world.send(other.endpoint, gone.id, None)
-        obs.append(send_obs(other.endpoint, gone.id, None))
+    for other in remaining:  # S:84-86, errors ignored
+        _send(world, limits, other.endpoint, gone.id, None, None, obs)
     return replace(server, peers=remaining)
 
 
-def server_close(server: Server, world: World, obs: list[dict[str, Any]]) -> Server:
-    """``ivshmem_server_close`` (S:362-379): frees every peer in order, then goes down."""
+def server_close(server: Server, world: World, obs: list[dict[str, Any]],
+                 limits: SocketLimits = UNLIMITED) -> Server:
+    """``ivshmem_server_close`` (S:364-383): frees every peer in order, then goes down."""
     for peer in server.peers:
-        server = free_peer(server, world, peer.endpoint, obs)
+        server = free_peer(server, world, peer.endpoint, obs, limits)
     return replace(server, up=False, shm_obj=-1, peers=())
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What piled up while the server was not scheduled: connections not yet accepted (in
+    arrival order) and client sockets with something to read (data or end of file)."""
+
+    backlog: tuple[int, ...] = ()
+    readable: frozenset[int] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.backlog) or bool(self.readable)
+
+
+def select_round(
+    server: Server, world: World, n_vectors: int, pending: Pending, obs: list[dict[str, Any]],
+    limits: SocketLimits = UNLIMITED,
+) -> tuple[Server, Pending, str | None]:
+    """One turn of ``ivshmem_server_poll_events`` (M:146-179) over ``pending``, whose sockets
+    ``select`` reports all at once: ``ivshmem_server_handle_fds`` (S:409-430) accepts *one*
+    connection, then frees every peer readable at the ``select`` (list order; the peer just
+    accepted was not in the set).  A failed accept shuts the server down: the third item is
+    the failure, and the server is already closed (M:266-271)."""
+    readable = pending.readable
+    backlog = pending.backlog
+    if backlog:
+        endpoint, backlog = backlog[0], backlog[1:]
+        outcome = new_conn(server, world, endpoint, n_vectors, obs, limits)
+        if isinstance(outcome, str):
+            server = server_close(server, world, obs, limits)
+            return server, Pending(), outcome
+        before = server.peers
+        server = outcome
+    else:
+        before = server.peers
+    for peer in before:  # S:421-427
+        if peer.endpoint in readable:
+            server = free_peer(server, world, peer.endpoint, obs, limits)
+            readable = readable - {peer.endpoint}
+    return server, Pending(backlog, readable), None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,11 +94,13 @@ class Fault:
 
 @dataclass(frozen=True, slots=True)
 class FileObject:
-    """A kernel object: an eventfd (``count`` = its counter, saturated at 1) or shared memory."""
+    """A kernel object: an eventfd (``count`` = its counter, saturated at 1) or shared memory
+    (``size`` bytes; ``data`` its non-zero bytes as sorted ``(offset, byte)`` pairs)."""
 
     kind: str
     count: int = 0
     size: int = 0
+    data: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,30 @@ class Msix:
     poll_notifier: bool = False
 
 
+# Where the guest driver places the BARs (the QEMU backend programs the same addresses).
+BAR0_ADDR = 0xFEBF_0000  # registers, 256 B
+BAR1_ADDR = 0xFEB0_0000  # MSI-X table and PBA
+BAR2_ADDR = 0x8000_0000  # shared memory
+PCI_COMMAND_MEMORY = 0x2
+PCI_COMMAND_MASTER = 0x4
+
+
+@dataclass(frozen=True, slots=True)
+class PciConfig:
+    """The guest-writable part of the device's PCI configuration space (``hw/pci/pci.c``):
+    the command register and the BAR registers as last written (``bars[i]`` is offset
+    ``0x10 + 4*i``), and the interrupt line.  The defaults are what the guest driver writes
+    after realize and after every reset: BARs at the addresses above, memory decoding and bus
+    mastering on."""
+
+    command: int = PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER
+    bars: tuple[int, int, int, int] = (BAR0_ADDR, BAR1_ADDR, BAR2_ADDR, 0)
+    interrupt_line: int = 0
+
+
+DEFAULT_PCI = PciConfig()
+
+
 @hash_cached
 @dataclass(frozen=True, slots=True)
 class Device:
@@ -181,6 +207,9 @@ class Device:
     migration_blocker: bool = False
     ioeventfds: tuple[tuple[int, int], ...] = ()  # (datamatch, descriptor), sorted
     msix: Msix = Msix()
+    pci: PciConfig = DEFAULT_PCI
+    bar2_64bit: bool = True  # PCI_BASE_ADDRESS_MEM_TYPE_64 (seed 906-908)
+    hostmem_data: tuple[tuple[int, int], ...] = ()  # the memdev's non-zero bytes
     _hash: int = _hash_slot()
 
 

@@ -30,11 +30,14 @@ from dataclasses import replace
 from typing import Any
 
 from model import device as dev
+from model import pci
 from model import server as srv
 from model.actions import (
     Action,
     ClientNotify,
     Config,
+    ConfigRead,
+    ConfigWrite,
     Connect,
     Deliver,
     Disconnect,
@@ -51,10 +54,22 @@ from model.actions import (
     Ring,
     ServerExit,
     ServerSend,
+    ShmRead,
+    ShmWrite,
     Unplug,
 )
 from model.msix import msix_pba_mmio_read, msix_table_mmio_write
-from model.proc import Abort, Crash, Hang, Proc, World, WouldBlock, line_number, line_where
+from model.proc import (
+    Abort,
+    Crash,
+    Exit,
+    Hang,
+    Proc,
+    World,
+    WouldBlock,
+    line_number,
+    line_where,
+)
 from model.state import (
     Client,
     Device,
@@ -229,7 +244,9 @@ def collect_garbage(state: SystemState) -> SystemState:
     return replace(state, fds=tuple(fds), objects=tuple(objects))
 
 
-def _fate_of(exc: Abort | Crash | Hang) -> Fate:
+def _fate_of(exc: Abort | Crash | Exit | Hang) -> Fate:
+    if isinstance(exc, Exit):
+        return Fate("failed", exc.reason, line_number(exc.line), line_where(exc.line))
     if isinstance(exc, Abort):
         return Fate("aborted", exc.reason, line_number(exc.line), line_where(exc.line))
     if isinstance(exc, Crash):
@@ -261,7 +278,7 @@ def _run_device(
         body(s)
     except WouldBlock:
         return None
-    except (Abort, Crash, Hang) as exc:
+    except (Abort, Crash, Exit, Hang) as exc:
         return work.finish(e, proc, s.freeze(), _fate_of(exc))
     return work.finish(e, proc, s.freeze())
 
@@ -344,7 +361,7 @@ def _realize(state: SystemState, a: Realize) -> StepResult | None:
         s, error = dev.realize_device(proc, a.device, dict(a.props))
     except WouldBlock:
         return None
-    except (Abort, Crash, Hang) as exc:
+    except (Abort, Crash, Exit, Hang) as exc:
         return work.finish(a.endpoint, proc, None, _fate_of(exc))
     if s is None:
         proc.obs.append({"error": error})
@@ -396,11 +413,25 @@ def _client_deliver(state: SystemState, e: int) -> StepResult | None:
     return work.commit()
 
 
+def _bar_miss(state: SystemState, e: int, bar: int, read: bool) -> StepResult | None:
+    """An access to BAR ``bar`` that does not reach it (``model.pci``): it meets unassigned
+    memory, which reads 0 and drops writes.  ``None`` when the access does reach the BAR."""
+    device = state.endpoints[e].device
+    if device is None or pci.at_home(device, bar):
+        return None
+    work = Work(state)
+    if read:
+        work.obs.append({"read": 0})
+    return work.commit()
+
+
 def _mmio_read(state: SystemState, a: MmioRead) -> StepResult | None:
     def body(s: dev.IVShmemState) -> None:
         s.proc.obs.append({"read": dev.memory_region_dispatch_read(s, a.offset, a.size)})
 
-    return _run_device(state, a.endpoint, body)
+    if not _device_ready(state.endpoints[a.endpoint]):
+        return None
+    return _bar_miss(state, a.endpoint, 0, True) or _run_device(state, a.endpoint, body)
 
 
 def _mmio_write(state: SystemState, a: MmioWrite) -> StepResult | None:
@@ -409,7 +440,9 @@ def _mmio_write(state: SystemState, a: MmioWrite) -> StepResult | None:
     def body(s: dev.IVShmemState) -> None:
         dev.memory_region_dispatch_write(s, a.offset, a.value, a.size, ioeventfd_host)
 
-    return _run_device(state, a.endpoint, body)
+    if not _device_ready(state.endpoints[a.endpoint]):
+        return None
+    return _bar_miss(state, a.endpoint, 0, False) or _run_device(state, a.endpoint, body)
 
 
 def _ring(state: SystemState, a: Ring) -> StepResult | None:
@@ -441,7 +474,10 @@ def _msix_mask(state: SystemState, a: MsixMask) -> StepResult | None:
     device = state.endpoints[a.endpoint].device
     if device is None or not device.msix.present or a.vector >= device.msix.entries_nr:
         return None
-    return _run_device(state, a.endpoint, lambda s: msix_table_mmio_write(s, a.vector, a.masked))
+    if not _device_ready(state.endpoints[a.endpoint]):
+        return None
+    return _bar_miss(state, a.endpoint, 1, False) or _run_device(
+        state, a.endpoint, lambda s: msix_table_mmio_write(s, a.vector, a.masked))
 
 
 def _pba_read(state: SystemState, a: PbaRead) -> StepResult | None:
@@ -454,7 +490,85 @@ def _pba_read(state: SystemState, a: PbaRead) -> StepResult | None:
     def body(s: dev.IVShmemState) -> None:
         s.proc.obs.append({"read": msix_pba_mmio_read(s, a.offset)})
 
-    return _run_device(state, a.endpoint, body)
+    if not _device_ready(state.endpoints[a.endpoint]):
+        return None
+    return _bar_miss(state, a.endpoint, 1, True) or _run_device(state, a.endpoint, body)
+
+
+def _shm_access_ok(state: SystemState, e: int, offset: int, size: int) -> bool:
+    device = state.endpoints[e].device
+    return _device_ready(state.endpoints[e]) and device is not None and bool(device.bar2) \
+        and offset + size <= device.bar2_size
+
+
+def _shm_read(state: SystemState, a: ShmRead) -> StepResult | None:
+    """A guest load from BAR2: RAM, no device code runs (the memory the server or the memdev
+    gave, seed 544-549 / 913)."""
+    if not _shm_access_ok(state, a.endpoint, a.offset, a.size):
+        return None
+    miss = _bar_miss(state, a.endpoint, 2, True)
+    if miss is not None:
+        return miss
+    work = Work(state)
+    work.obs.append({"read": pci.read_bytes(_shm_data(state, a.endpoint), a.offset, a.size)})
+    return work.commit()
+
+
+def _shm_write(state: SystemState, a: ShmWrite) -> StepResult | None:
+    if not _shm_access_ok(state, a.endpoint, a.offset, a.size):
+        return None
+    miss = _bar_miss(state, a.endpoint, 2, False)
+    if miss is not None:
+        return miss
+    ep = state.endpoints[a.endpoint]
+    device = ep.device
+    assert device is not None
+    data = pci.write_bytes(_shm_data(state, a.endpoint), a.offset, a.size, a.value)
+    work = Work(state)
+    if device.hostmem:
+        work.endpoints[a.endpoint] = replace(ep, device=replace(device, hostmem_data=data))
+    else:
+        work.world.set_data(device.bar2_fd, data)
+    return work.commit()
+
+
+def _shm_data(state: SystemState, e: int) -> tuple[tuple[int, int], ...]:
+    """BAR2's bytes: the memdev's, or those of the object the server's fd refers to."""
+    device = state.endpoints[e].device
+    assert device is not None
+    if device.hostmem:
+        return device.hostmem_data
+    entry = state.fds[device.bar2_fd]
+    obj = state.objects[entry.obj] if entry is not None else None
+    return obj.data if obj is not None else ()
+
+
+def _config_read(state: SystemState, a: ConfigRead) -> StepResult | None:
+    ep = state.endpoints[a.endpoint]
+    if not _device_ready(ep) or ep.device is None:
+        return None
+    if a.register == "msix_control" and not ep.device.msix.present:
+        return None  # no MSI-X capability to read
+    work = Work(state)
+    work.obs.append({"read": pci.config_read(ep.device, a.register)})
+    return work.commit()
+
+
+def _config_write(state: SystemState, a: ConfigWrite) -> StepResult | None:
+    ep = state.endpoints[a.endpoint]
+    device = ep.device
+    if not _device_ready(ep) or device is None:
+        return None
+    if a.register == "msix_control":
+        if not device.msix.present:
+            return None
+        return _run_device(state, a.endpoint, lambda s: dev.ivshmem_write_config(
+            s, enable=bool(a.value & 0x8000), maskall=bool(a.value & 0x4000)))
+    work = Work(state)
+    width = pci.REGISTERS[a.register].size
+    new = pci.config_write(device, a.register, a.value & (1 << 8 * width) - 1)
+    work.endpoints[a.endpoint] = replace(ep, device=replace(device, pci=new))
+    return work.commit()
 
 
 def _readable(state: SystemState, d: int) -> bool:
@@ -536,6 +650,7 @@ def _reset(state: SystemState, a: Reset) -> StepResult | None:
     def body(s: dev.IVShmemState) -> None:
         dev.ivshmem_reset(s)
         dev.pci_do_device_reset(s)
+        s.pci = pci.guest_reset()
 
     return _run_device(state, a.endpoint, body)
 
@@ -584,6 +699,10 @@ HANDLERS: dict[type[Action], Callable[[SystemState, Any], StepResult | None]] = 
     Reset: _reset,
     Unplug: _unplug,
     Migrate: _migrate,
+    ShmRead: _shm_read,
+    ShmWrite: _shm_write,
+    ConfigRead: _config_read,
+    ConfigWrite: _config_write,
 }
 
 
@@ -597,6 +716,12 @@ def step(state: SystemState, action: Action) -> StepResult | None:
 
 # ---------------------------------------------------------------------------------------------
 # Enabled actions
+
+
+# Action types no menu instantiates: the guest's configuration space and shared memory, whose
+# values are unbounded and which change no seed state but the PCI core's.  Conformance
+# campaigns and Hypothesis' free rules draw them; the explorer does not.
+OFF_MENU: frozenset[type[Action]] = frozenset({ShmRead, ShmWrite, ConfigRead, ConfigWrite})
 
 
 def candidates(state: SystemState) -> Iterator[Action]:

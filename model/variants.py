@@ -44,6 +44,11 @@ class Variant:
         "42e2a7a0ab23", "msix.c msix_pba_mmio_read",
         "a PBA read at a non-zero offset polls the vectors it actually reads",
     )
+    bar_size_asserts: bool = flag(
+        "2c729dc8ceaa", "967 (pci.c pci_register_bar)",
+        "a BAR whose size is not a power of 2 fails an assertion; the seed-era PCI core "
+        "printed 'ERROR: PCI region size must be pow2' and called exit(1)",
+    )
     event_notifier_initialized: bool = flag(
         "e34e47eb28c0", "382, 436",
         "EventNotifier gained an 'initialized' flag: test-and-clear and cleanup of a zeroed "
@@ -162,6 +167,12 @@ class Variant:
         "after a hot-plug (device_add) QEMU runs on holding it (QEMU 7.2.22: one more eventfd "
         "in /proc/PID/fd after the failed realize)",
     )
+    bar2_size_checked: bool = flag(
+        "proposed", "544-549, 967, 1094-1109",
+        "a shared memory from the server, or a memdev, whose size is not a power of 2 becomes "
+        "BAR2 unchecked and pci_register_bar ends the process (QEMU 7.2.22 aborts): reject it "
+        "with an error first, closing the server's fd",
+    )
     recv_msg_eof_is_error: bool = flag(
         "proposed", "660-672",
         "on a closed socket qemu_chr_fe_read_all returns 0 and ivshmem_recv_msg loops forever: "
@@ -195,6 +206,7 @@ QEMU_7_2 = Variant(
     msix_rollback_clears_poll=True,
     msix_pba_poll_range=True,
     event_notifier_initialized=True,
+    bar_size_asserts=True,
 )
 
 FIXED = replace(
@@ -213,6 +225,7 @@ FIXED = replace(
     vector_poll_connected_only=True,
     recv_msg_eof_is_error=True,
     recv_setup_closes_fd=True,
+    bar2_size_checked=True,
 )
 
 BEFORE_COMMITS = (

@@ -27,9 +27,22 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.actions import CONFORMANCE_FORMAT, Action, Config, Counterexample, Trace
+from model.actions import (
+    CONFIG_REGISTERS,
+    CONFORMANCE_FORMAT,
+    Action,
+    Config,
+    ConfigRead,
+    ConfigWrite,
+    Counterexample,
+    ServerSend,
+    ShmRead,
+    ShmWrite,
+    Trace,
+)
 from model.executor.qemu.backend import BackendRun, QemuBackend
-from model.system import initial_state, successors
+from model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR, SystemState
+from model.system import initial_state, step, successors
 from model.variants import get_variant
 from properties.minimize import ddmin
 from properties.trace import RunResult, run_trace
@@ -59,6 +72,14 @@ ABSTRACTIONS: tuple[tuple[str, str], ...] = (
     ("message order across endpoints",
      "the sends of one step are compared as a multiset: the server's order per peer is the "
      "model's, the interleaving between sockets is the kernel's"),
+    ("BARs moved onto each other",
+     "the guest's accesses go to where the driver placed each BAR (model/pci.py); a BAR the "
+     "guest moves onto another BAR's address is not modelled, and campaigns move BARs only to "
+     "their home, to 0 or to the sizing pattern"),
+    ("RAM BAR above the host's address limit under KVM",
+     "a 64-bit BAR2 placed beyond what KVM accepts (0xffffffff80000000 on QEMU 7.2.22) fails "
+     "KVM_SET_USER_MEMORY_REGION and QEMU aborts; the model does not know the host's limit, "
+     "so KVM campaigns leave the upper half of BAR2 alone"),
     ("undefined behaviour",
      "a read past an array or a write into freed memory is undefined behaviour: the model "
      "ends the process there (crashed: out_of_bounds / use_after_free); QEMU agrees when it "
@@ -270,18 +291,67 @@ def check_case(case: dict[str, Any], version: str, steps: list[Any], kvm: bool) 
 # Generated traces
 
 
+OFF_MENU_SHARE = 0.3  # how often a walk tries an action beyond the configuration's menus
+
+
 def random_walk(config: Config, length: int, rng: random.Random,
                 variant: str = "qemu-7.2") -> Trace:
-    """A trace of up to ``length`` steps, each drawn among the model's enabled actions."""
+    """A trace of up to ``length`` steps, each drawn among the model's enabled actions, and
+    now and then beyond the menus (:func:`off_menu_action`) where that action is enabled."""
     state = initial_state(config, get_variant(variant))
     steps: list[Action] = []
     for _ in range(length):
+        if rng.random() < OFF_MENU_SHARE:
+            extra = off_menu_action(state, rng)
+            result = step(state, extra) if extra is not None else None
+            if extra is not None and result is not None:
+                steps.append(extra)
+                state = result[0]
+                continue
         choices = successors(state)
         if not choices:
             break
         action, state, _obs = rng.choice(choices)
         steps.append(action)
     return Trace(config, tuple(steps))
+
+
+HOSTILE_VALUES = (-2, -1, 0, 1, 2, 16, 65535, 65536, 2**31, -(2**63))
+HOSTILE_FDS = (None, "eventfd", "shm", "shm:0", "shm:4096", "shm:8192", "shm:12288")
+GUEST_WRITES: dict[str, tuple[int, ...]] = {
+    "command": (0x0, 0x2, 0x4, 0x6, 0x507),
+    "bar0": (0xFFFF_FFFF, BAR0_ADDR, 0),
+    "bar1": (0xFFFF_FFFF, BAR1_ADDR, 0),
+    "bar2": (0xFFFF_FFFF, BAR2_ADDR, 0),
+    "bar3": (0xFFFF_FFFF, 0),
+    "interrupt_line": (0, 11, 0xFF),
+    "msix_control": (0x0, 0x4000, 0x8000, 0xC000),
+}
+
+
+def off_menu_action(state: SystemState, rng: random.Random) -> Action | None:
+    """A hostile server message (any value, any fd) or a guest access to configuration space
+    or shared memory: what the explorer's menus leave out, drawn for conformance."""
+    e = rng.randrange(len(state.endpoints))
+    device = state.endpoints[e].device
+    if state.config.server.policy == "scripted" and (device is None or rng.random() < 0.3):
+        return ServerSend(e, rng.choice(HOSTILE_VALUES), rng.choice(HOSTILE_FDS))
+    if device is None:
+        return None
+    kind = rng.randrange(4)
+    if kind == 0:
+        return ConfigRead(e, rng.choice(CONFIG_REGISTERS))
+    if kind == 1:
+        registers = sorted(GUEST_WRITES)
+        if state.config.host.kvm_msi_irqfd:
+            registers.remove("bar3")  # ABSTRACTIONS: the host's address limit under KVM
+        register = rng.choice(registers)
+        return ConfigWrite(e, register, rng.choice(GUEST_WRITES[register]))
+    size = rng.choice((1, 2, 4, 8))
+    offset = rng.choice((0, 8, 4096, max(0, device.bar2_size - 8))) // size * size
+    if kind == 2:
+        return ShmRead(e, offset, size)
+    return ShmWrite(e, offset, rng.getrandbits(8 * size), size)
 
 
 def campaign(configs: list[Config], count: int, length: int, seed: int, backend: QemuBackend,

@@ -24,8 +24,21 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from model.actions import ACTION_TYPES, Action, Config, MmioRead, MmioWrite, Ring, ServerSend
-from model.system import initial_state, step, successors
+from model.actions import (
+    ACTION_TYPES,
+    CONFIG_REGISTERS,
+    Action,
+    Config,
+    ConfigRead,
+    ConfigWrite,
+    MmioRead,
+    MmioWrite,
+    Ring,
+    ServerSend,
+    ShmRead,
+    ShmWrite,
+)
+from model.system import OFF_MENU, initial_state, step, successors
 from model.variants import Variant
 from properties.invariants import SAFETY, Property
 
@@ -117,6 +130,26 @@ FREE_RULES = {
     ),
 }
 
+# The guest's configuration space and shared memory, outside the explorer's menus: on request
+# (``guest=True``), so that the derandomized CI runs keep their reach on the seed's own state.
+GUEST_RULES = {
+    "config_read_any": _free_rule(
+        "config_read_any", ConfigRead, register=st.sampled_from(CONFIG_REGISTERS),
+    ),
+    "config_write_any": _free_rule(
+        "config_write_any", ConfigWrite, register=st.sampled_from(CONFIG_REGISTERS),
+        value=st.one_of(st.sampled_from([0, 2, 4, 6, 0xFFFFFFFF, 0x8000, 0xC000]),
+                        st.integers(0, 2**32 - 1)),
+    ),
+    "shm_read_any": _free_rule(
+        "shm_read_any", ShmRead, offset=st.sampled_from([0, 8, 4096]), size=st.just(8),
+    ),
+    "shm_write_any": _free_rule(
+        "shm_write_any", ShmWrite, offset=st.sampled_from([0, 8, 4096]),
+        value=st.integers(0, 2**64 - 1), size=st.just(8),
+    ),
+}
+
 
 def _invariant_for(prop: Property) -> Any:
     @invariant()
@@ -131,8 +164,10 @@ def _invariant_for(prop: Property) -> Any:
     return check
 
 
-def machine_for(config: Config, variant: Variant) -> type[RuleBasedStateMachine]:
-    """A state machine class over ``config`` under ``variant``."""
+def machine_for(config: Config, variant: Variant,
+                guest: bool = False) -> type[RuleBasedStateMachine]:
+    """A state machine class over ``config`` under ``variant``; ``guest`` adds the rules for
+    configuration-space and shared-memory accesses."""
     box = FailureBox()
 
     def __init__(self: Any) -> None:  # noqa: N807 - becomes the class's __init__
@@ -159,9 +194,12 @@ def machine_for(config: Config, variant: Variant) -> type[RuleBasedStateMachine]
         "config": config,
         "variant": variant,
     }
-    for name in ACTION_TYPES:
-        namespace[name] = _rule_for(name)
+    for name, action_type in ACTION_TYPES.items():
+        if action_type not in OFF_MENU:
+            namespace[name] = _rule_for(name)
     namespace.update(FREE_RULES)
+    if guest:
+        namespace.update(GUEST_RULES)
     for prop in SAFETY:
         namespace[f"invariant_{prop.name}"] = _invariant_for(prop)
     cls = type(f"IvshmemMachine_{variant.name.replace('-', '_').replace('.', '_')}",
@@ -175,13 +213,14 @@ def last_failure(machine: type[RuleBasedStateMachine]) -> Failure | None:
     return box.failure
 
 
-def run_machine(config: Config, variant: Variant, profile: str = "ci") -> Failure | None:
+def run_machine(config: Config, variant: Variant, profile: str = "ci",
+                guest: bool = False) -> Failure | None:
     """Run the machine under a settings profile; the failure found, minimized, or ``None``."""
     from hypothesis.stateful import run_state_machine_as_test
 
     from properties.minimize import minimize
 
-    machine = machine_for(config, variant)
+    machine = machine_for(config, variant, guest)
     try:
         run_state_machine_as_test(  # type: ignore[no-untyped-call,unused-ignore]
             machine, settings=settings.get_profile(profile)

@@ -44,6 +44,10 @@ EXAMPLES = [
     {"action": "reset", "endpoint": 0},
     {"action": "unplug", "endpoint": 0},
     {"action": "migrate", "endpoint": 0},
+    {"action": "shm_read", "endpoint": 0, "offset": 8, "size": 8},
+    {"action": "shm_write", "endpoint": 1, "offset": 2, "value": 65535, "size": 2},
+    {"action": "config_read", "endpoint": 0, "register": "bar2"},
+    {"action": "config_write", "endpoint": 0, "register": "command", "value": 4},
 ]
 
 
@@ -88,6 +92,16 @@ def test_repr_is_valid_python() -> None:
           "props": {"vectors": -1}}, "props.vectors", "out of range"),
         ({"action": "pba_read", "endpoint": 0, "offset": 3}, "offset", "multiple of 4"),
         ({"action": "msix_enable", "endpoint": 0, "enabled": 1}, "enabled", "true or false"),
+        ({"action": "shm_read", "endpoint": 0, "offset": 6, "size": 4}, "offset",
+         "not a multiple of the size"),
+        ({"action": "shm_write", "endpoint": 0, "offset": 0, "value": 256, "size": 1}, "value",
+         "does not fit"),
+        ({"action": "shm_read", "endpoint": 0, "offset": 0, "size": 4.0}, "size",
+         "expected 1, 2, 4 or 8"),
+        ({"action": "config_read", "endpoint": 0, "register": "bar9"}, "register",
+         "unknown register"),
+        ({"action": "config_write", "endpoint": 0, "register": "command", "value": 2**32},
+         "value", "out of range"),
         ([1, 2], "", "expected an object"),
     ],
 )

@@ -2,7 +2,8 @@
 (design §8).
 
 The real side is our server (``python -m model.executor server``, a subprocess on a temporary
-socket, so its descriptors can be counted in ``/proc/PID/fd``) and one
+socket, so its descriptors can be counted in ``/proc/PID/fd``) or QEMU 7.2's C
+``ivshmem-server`` (``server_program``; built by ``scripts/build-contrib.sh``), and one
 :class:`~model.executor.device.SoftwareDevice` per endpoint.  Each step runs on the model
 (``model_step``, :func:`model.system.step` unless a test plants a fault) and on the real
 side; then, in this order, the first disagreement is reported:
@@ -125,33 +126,45 @@ class _Diverged(Exception):  # noqa: N818 - control flow, carries the divergence
 
 
 class RealServer:
-    """``ivshmem-model server -F`` as a subprocess on a socket in ``directory``."""
+    """A contrib-style server as a subprocess on a socket in ``directory``: ours
+    (``ivshmem-model server -F``) or, with ``program``, QEMU's C ``ivshmem-server`` (same
+    flags, plus ``-v``; its buffered stdout goes to a file, read once it has exited)."""
 
-    def __init__(self, directory: str, vectors: int, shm_size: int) -> None:
+    def __init__(self, directory: str, vectors: int, shm_size: int,
+                 program: str | None = None) -> None:
         self.path = os.path.join(directory, "sock")
         self.shm_name = f"ivshmem-lockstep-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "model.executor", "server", "-F", "-S", self.path,
-             "-M", self.shm_name, "-l", str(shm_size), "-n", str(vectors)],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        flags = ["-F", "-S", self.path, "-M", self.shm_name, "-l", str(shm_size),
+                 "-n", str(vectors)]
+        self.program = program
+        self.stdout_path = os.path.join(directory, "server.out")
+        with open(self.stdout_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [program, "-v", *flags] if program else
+                [sys.executable, "-m", "model.executor", "server", *flags],
+                cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                stdout=out if program else subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
         self.base = 0
         self.exited = False
+        self._err: str | None = None
         deadline = time.monotonic() + 10 * TIMEOUT
         while not self._serving():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the server did not start: {self._stderr()}")
             time.sleep(0.005)
-        self.base = self.fds()  # shm, listening socket, wake-up pair, epoll, stdio
+        self.base = self.fds()  # shm, listening socket, stdio (ours: wake-up pair, epoll)
 
     def _serving(self) -> bool:
-        """Listening and in its select loop (an epoll fd exists)."""
-        if not os.path.exists(self.path):
+        """Listening on the path (``/proc/net/unix``) and, for ours, in its select loop (an
+        epoll fd exists); the C server binds and listens before its loop (S:337-346)."""
+        if not _listening(self.path):
             return False
+        if self.program:
+            return True
         try:
             targets = [os.readlink(f"/proc/{self.proc.pid}/fd/{n}")
                        for n in os.listdir(f"/proc/{self.proc.pid}/fd")]
@@ -159,10 +172,17 @@ class RealServer:
             return False
         return "anon_inode:[eventpoll]" in targets
 
+    def output(self) -> tuple[str, str]:
+        """Stdout (the C server's) and stderr, once the process has exited."""
+        out = Path(self.stdout_path).read_text(errors="replace") if self.program else ""
+        return out, self._stderr()
+
     def _stderr(self) -> str:
         if self.proc.stderr is None or self.proc.poll() is None:
             return ""
-        return self.proc.stderr.read().decode(errors="replace").strip()
+        if self._err is None:
+            self._err = self.proc.stderr.read().decode(errors="replace").strip()
+        return self._err
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
@@ -377,6 +397,19 @@ class _Run:
         return fa is not None and fb is not None and fa.obj == fb.obj
 
 
+def _listening(path: str) -> bool:
+    """A listening unix socket is bound to ``path`` (``__SO_ACCEPTCON`` in ``/proc/net/unix``)."""
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return os.path.exists(path)
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+            return True
+    return False
+
+
 def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -397,14 +430,17 @@ def run_lockstep(
     *,
     model_step: StepFn = step,
     device_factory: DeviceFactory = SoftwareDevice,
+    server_program: str | None = None,
 ) -> LockstepReport:
     """Run ``trace`` on the model and on real objects side by side; the report names the first
-    divergent step.  ``model_step`` and ``device_factory`` exist so tests can plant faults."""
+    divergent step.  ``model_step`` and ``device_factory`` exist so tests can plant faults;
+    ``server_program`` runs QEMU's C ``ivshmem-server`` instead of ours."""
     _check_supported(trace)
     config = trace.config
     state = initial_state(config, variant)
     with tempfile.TemporaryDirectory(prefix="ivshmem-lockstep-") as directory:
-        server = RealServer(directory, config.server.vectors, config.server.shm_size)
+        server = RealServer(directory, config.server.vectors, config.server.shm_size,
+                            server_program)
         harness_base = _fd_count()  # after the server: its stderr pipe is ours
         devices = [device_factory(config, variant, TIMEOUT) for _ in range(config.endpoints)]
         run = _Run(trace, model_step, server, devices, harness_base)

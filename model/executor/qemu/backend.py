@@ -15,6 +15,8 @@ Each action maps onto one real effect (``../shared/qemu-qtest-notes.md`` has the
 | ``msix_mask`` | a write of the entry's vector-control word in BAR1 |
 | ``pba_read`` | a qtest read of the PBA in BAR1 |
 | ``handle_irq`` | the doorbells held for the endpoint's vector go into its eventfd |
+| ``shm_read``/``shm_write`` | qtest accesses to BAR2 |
+| ``config_read``/``config_write`` | configuration cycles (ports 0xCF8/0xCFC) to the register |
 | ``reset`` | QMP ``system_reset`` (then the guest programs the device again) |
 | ``unplug`` | QMP ``device_del`` and the guest's ACPI eject |
 
@@ -36,6 +38,8 @@ from typing import Any
 from model.actions import (
     Action,
     ClientNotify,
+    ConfigRead,
+    ConfigWrite,
     Connect,
     Deliver,
     Disconnect,
@@ -52,20 +56,21 @@ from model.actions import (
     Ring,
     ServerExit,
     ServerSend,
+    ShmRead,
+    ShmWrite,
     Trace,
     Unplug,
 )
 from model.executor import wire
 from model.executor.qemu.channel import Channel
 from model.executor.qemu.machine import (
-    BAR0_ADDR,
-    BAR1_ADDR,
     DeviceSpec,
     Machine,
     Outcome,
     kvm_available,
     qemu_binary,
 )
+from model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
 
 Observation = dict[str, Any]
 DOORBELL = 12
@@ -286,6 +291,9 @@ class _Session:
             return None
         channel = self.channels[e]
         value = action.value & 0xFFFFFFFF
+        machine = self.machines[e]
+        if machine is None or not machine.alive or not machine.bar_at_home(0):
+            return None  # the write met unassigned memory: nothing rang
         if value >> 16 != channel.own_id:
             return None
         vector = value & 0xFFFF if action.size == 4 and action.offset == DOORBELL else value & 0xFF
@@ -486,6 +494,35 @@ class _Session:
             return None
         value = machine.guard(machine.qtest.read, BAR1_ADDR + machine.pba_offset + a.offset, 4)
         return [] if value is None else [{"read": value}]
+
+    def _shm_read(self, a: ShmRead) -> list[Observation] | None:
+        machine = self._device(a.endpoint)
+        if machine is None or machine.qtest is None or a.offset + a.size > machine.bar2_size:
+            return None
+        value = machine.guard(machine.qtest.read, BAR2_ADDR + a.offset, a.size)
+        return [] if value is None else [{"read": value}]
+
+    def _shm_write(self, a: ShmWrite) -> list[Observation] | None:
+        machine = self._device(a.endpoint)
+        if machine is None or machine.qtest is None or a.offset + a.size > machine.bar2_size:
+            return None
+        machine.guard(machine.qtest.write, BAR2_ADDR + a.offset, a.value, a.size)
+        return []
+
+    def _config_read(self, a: ConfigRead) -> list[Observation] | None:
+        machine = self._device(a.endpoint)
+        if machine is None:
+            return None
+        value = machine.config_read(a.register)
+        return None if value is None else [{"read": value}]
+
+    def _config_write(self, a: ConfigWrite) -> list[Observation] | None:
+        machine = self._device(a.endpoint)
+        if machine is None or machine.register_offset(a.register) is None:
+            return None
+        machine.config_write(a.register, a.value)
+        machine.sync()
+        return []
 
     def _handle_irq(self, a: HandleIrq) -> list[Observation] | None:
         e, v = a.endpoint, a.vector

@@ -106,7 +106,7 @@ class Channel:
                 standin = wire.new_eventfd()
                 self.standins.append(Standin(standin, value, vector))
                 os.close(fd)
-                fd = standin
+                fd = os.dup(standin)  # forward closes what it sends; the standin stays ours
             self.eventfd_dups.append(os.dup(fd))
         elif fd is None and value >= 0 and value != self.own_id and self.received > 2:
             self.peer_fds_seen.pop(value, None)  # a disconnect: its next fds start at vector 0

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.executor.qemu.qtest import QemuGone, QemuTimeout, Qmp, QmpError, QTest
+from model.pci import REGISTERS
+from model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
 
 DEFAULT_QEMU = "qemu-system-x86_64"
 START_TIMEOUT = 10.0
@@ -34,9 +36,9 @@ STEP_TIMEOUT = 3.0  # a command QEMU does not answer in this time means its main
 SLOT = 4  # the device's PCI slot on bus 0 (``addr=4``)
 DEVFN = SLOT << 3
 VENDOR_DEVICE = 0x1110_1AF4
-BAR0_ADDR = 0xFEBF_0000  # registers, 256 B
-BAR1_ADDR = 0xFEB0_0000  # MSI-X, at most 64 KiB for 2048 vectors
-BAR2_ADDR = 0x8000_0000  # shared memory, 64-bit prefetchable; sizes up to 1 GiB fit
+# BAR0 registers (256 B), BAR1 MSI-X (at most 64 KiB), BAR2 shared memory (64-bit
+# prefetchable; sizes up to 1 GiB fit): the guest layout the model assumes (model/state.py).
+HOME = (BAR0_ADDR, BAR1_ADDR, BAR2_ADDR)
 MSI_BASE = 0x0020_0000  # guest RAM that MSIs are written to, 4 bytes per vector
 MSI_SLOTS = 64  # vectors whose MSI-X entries the guest programs
 PCI_COMMAND_MEMORY_MASTER = 0x0006
@@ -136,6 +138,7 @@ class Machine:
         self.msix_cap = 0
         self.pba_offset = 0
         self.msix_entries = 0
+        self.bar2_size = 0
         self.hotplugged = False
         self._qmp_path = ""
 
@@ -282,14 +285,21 @@ class Machine:
         self.kill()
 
     def cpu_busy(self, interval: float = 0.3) -> bool:
-        """Whether the process used most of a CPU over ``interval`` seconds."""
+        """Whether the process spins over ``interval`` seconds: runnable (state ``R``) in most
+        samples, or using a good share of a CPU.  The state tells a spinning process from a
+        waiting one even when other processes leave it little CPU (a loaded CI machine)."""
         if self.proc is None:
             return False
+        samples = 10
         before = _cpu_ticks(self.proc.pid)
-        time.sleep(interval)
+        runnable = 0
+        for _ in range(samples):
+            time.sleep(interval / samples)
+            runnable += _run_state(self.proc.pid) == "R"
         after = _cpu_ticks(self.proc.pid)
         ticks = interval * os.sysconf("SC_CLK_TCK")
-        return before is not None and after is not None and after - before > ticks / 2
+        using = before is not None and after is not None and after - before > ticks / 4
+        return runnable > samples // 2 or using
 
     @property
     def alive(self) -> bool:
@@ -340,6 +350,18 @@ class Machine:
     def _setup_guest(self, q: QTest) -> None:
         if q.cfg_read(DEVFN, 0) != VENDOR_DEVICE:
             return
+        # Decoding off while BAR2 is sized (all ones in, the size mask out; both halves when
+        # it is 64-bit) and placed: a half-written 64-bit BAR must never be mapped (under KVM
+        # a RAM BAR at 0xffffffff80000000 fails KVM_SET_USER_MEMORY_REGION and QEMU aborts).
+        q.cfg_write(DEVFN, 0x04, 0, 2)
+        q.cfg_write(DEVFN, 0x18, 0xFFFF_FFFF)
+        q.cfg_write(DEVFN, 0x1C, 0xFFFF_FFFF)
+        mask = q.cfg_read(DEVFN, 0x18) & ~0xF
+        if q.cfg_read(DEVFN, 0x18) & 0x4:
+            mask |= q.cfg_read(DEVFN, 0x1C) << 32
+            self.bar2_size = (~mask & (1 << 64) - 1) + 1 if mask else 0
+        else:
+            self.bar2_size = (~mask & 0xFFFF_FFFF) + 1 if mask else 0
         q.cfg_write(DEVFN, 0x10, BAR0_ADDR)
         q.cfg_write(DEVFN, 0x14, BAR1_ADDR)
         q.cfg_write(DEVFN, 0x18, BAR2_ADDR)
@@ -357,6 +379,37 @@ class Machine:
             q.write(entry + 4, 0, 4)
             q.write(entry + 8, v + 1, 4)
         q.write_bytes(MSI_BASE, bytes(4 * MSI_SLOTS))
+
+    def register_offset(self, name: str) -> int | None:
+        """Where configuration register ``name`` is (model/pci.py); ``None`` if absent."""
+        reg = REGISTERS[name]
+        if reg.offset is not None:
+            return reg.offset
+        return self.msix_cap + 2 if self.msix_cap else None
+
+    def config_read(self, name: str) -> int | None:
+        offset, q = self.register_offset(name), self.qtest
+        if offset is None or q is None:
+            return None
+        value: int | None = self.guard(q.cfg_read, DEVFN, offset, REGISTERS[name].size)
+        return value
+
+    def config_write(self, name: str, value: int) -> None:
+        offset, q = self.register_offset(name), self.qtest
+        if offset is not None and q is not None:
+            size = REGISTERS[name].size
+            self.guard(q.cfg_write, DEVFN, offset, value & (1 << 8 * size) - 1, size)
+
+    def bar_at_home(self, index: int) -> bool:
+        """Whether BAR ``index`` is decoded where the guest put it (then an access reaches
+        the device), read from the command and BAR registers as the PCI core decides."""
+        command = self.config_read("command")
+        bar = self.config_read(f"bar{index}")
+        if command is None or bar is None or not command & 0x2:
+            return False
+        if index == 2 and bar & 0x4 and self.config_read("bar3") != 0:
+            return False  # a 64-bit BAR2 moved above 4 GiB
+        return bar & ~0xF == HOME[index]
 
     @staticmethod
     def _find_capability(q: QTest, cap_id: int) -> int:
@@ -481,6 +534,15 @@ def _cpu_ticks(pid: int) -> int | None:
     except OSError:
         return None
     return int(fields[11]) + int(fields[12])
+
+
+def _run_state(pid: int) -> str:
+    """The process's scheduler state (``/proc/PID/stat`` field 3): ``R`` runnable, ``S``..."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
 
 
 def fd_kind_of(target: str) -> str:
