@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ivshmem_model.check import embedded_configs
 from ivshmem_model.cli import main
@@ -19,7 +21,15 @@ from model.actions import Connect, Realize, load_counterexample, load_json_file,
 from model.executor.qemu.backend import BackendRun, BackendStep, QemuBackend
 from model.executor.qemu.machine import classify_exit, kvm_available
 from model.variants import get_variant
-from properties.conform import campaign, check_case, comparable, compare, confirm
+from properties.conform import (
+    campaign,
+    check_case,
+    comparable,
+    compare,
+    confirm,
+    conform,
+    random_walk,
+)
 from properties.trace import RunResult, StepRecord, run_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +153,24 @@ def test_conformance_case_holds_on_qemu(path: Path) -> None:
     trace = load_trace(str(path))
     run = QemuBackend().run(trace)
     assert check_case(case, "7.2", run.steps, trace.config.host.kvm_msi_irqfd) is None
+
+
+CONFIGS = {c.name: c.config for c in embedded_configs()}
+
+
+@needs_qemu
+@settings(max_examples=8, deadline=None, derandomize=True, database=None)
+@given(rng=st.randoms(use_true_random=False),
+       name=st.sampled_from(["contrib-tcg", "scripted-tcg"]))
+def test_hypothesis_generated_traces_agree_with_qemu(rng: object, name: str) -> None:
+    """Hypothesis draws the walk (enabled actions, hostile server messages, configuration and
+    shared-memory accesses); a difference would be shrunk by Hypothesis to a shortest walk."""
+    import random
+
+    assert isinstance(rng, random.Random)
+    trace = random_walk(CONFIGS[name], 14, rng)
+    verdict = conform(trace, QemuBackend(), "qemu-7.2")
+    assert verdict.verdict != "differ", f"{trace.to_json()['steps']}\n{verdict}"
 
 
 @needs_qemu
