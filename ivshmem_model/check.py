@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,21 @@ class Evidence:
     message: str
 
 
+def count(n: int) -> str:
+    """A count for people: 312, 4.5k, 124k, 1.2M."""
+    if n < 1000:
+        return str(n)
+    if n < 10_000:
+        return f"{n / 1000:.1f}k"
+    if n < 1_000_000:
+        return f"{n / 1000:.0f}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+# The checkers, as the table names them (short, so that the table fits 80 columns).
+CHECKER_ABBREV = {"explore": "bfs", "hypothesis": "hyp", "z3": "z3"}
+
+
 @dataclass
 class Cell:
     explored: int = 0
@@ -133,15 +149,86 @@ class Cell:
     violated: list[Evidence] = field(default_factory=list)
 
     def text(self) -> str:
+        """At most 15 characters: the table's cell."""
+        if self.violated:
+            best = min(self.violated, key=lambda e: e.length)
+            return f"VIOLATED {best.length} {CHECKER_ABBREV.get(best.checker, best.checker)}"
+        if self.proved is not None:
+            return "proved"
+        return "ok" if self.explored or self.tested else "-"
+
+    def detail(self) -> str:
+        """The cell in words, with the evidence (``--json``)."""
         if self.violated:
             best = min(self.violated, key=lambda e: e.length)
             return f"VIOLATED {best.length} steps ({best.checker})"
         parts = [] if self.proved is None else [f"proved ({self.proved:.1f} s)"]
         if self.explored:
-            parts.append(f"{self.explored / 1000:.0f}k states")
+            parts.append(f"{count(self.explored)} states")
         if self.tested:
             parts.append(f"{self.tested} cases")
         return "ok: " + ", ".join(parts) if parts else "-"
+
+
+# A `sometimes` property that a variant cannot reach, and the variant flag that says why.
+UNREACHABLE_WITH = {"intx_raised": "no_legacy_device"}
+
+
+def unreached_reason(prop: str, variant: Variant) -> str | None:
+    """Why ``variant`` cannot reach ``prop``, in the variant flag's own words; ``None`` when
+    nothing forbids it (it was just not reached within the bounds)."""
+    flag_name = UNREACHABLE_WITH.get(prop)
+    if flag_name is not None and getattr(variant, flag_name, False):
+        why = next(f.metadata["why"] for f in fields(variant) if f.name == flag_name)
+        return f"{prop} under {variant.name}: {why}"
+    return None
+
+
+def check_table(title: str, variants: list[Variant], cells: dict[tuple[str, str], Cell],
+                witnesses: dict[str, dict[str, int]], out: str) -> tuple[Table, list[str]]:
+    """The property × variant table and the legend printed under it."""
+    table = Table(title=title)
+    table.add_column("property", no_wrap=True)
+    for variant in variants:
+        table.add_column(variant.name, no_wrap=True)
+    for prop in SAFETY:
+        table.add_row(prop.name, *(cells[(prop.name, v.name)].text() for v in variants))
+    table.add_section()
+    notes: list[str] = []
+    for prop in PROPERTIES:
+        if prop.expectation != "sometimes":
+            continue
+        row = []
+        for v in variants:
+            steps = witnesses.get(prop.name, {}).get(v.name)
+            if steps is not None:
+                row.append(f"reached {steps}")
+                continue
+            reason = unreached_reason(prop.name, v)
+            if reason is None:
+                row.append("unreached")
+                continue
+            notes.append(reason)
+            row.append(f"unreached ({len(notes)})")
+        table.add_row(prop.name + "*", *row)
+    table.add_section()
+    table.add_row("states explored",
+                  *(count(cells[(SAFETY[0].name, v.name)].explored) for v in variants))
+    table.add_row("cases tested",
+                  *(count(cells[(SAFETY[0].name, v.name)].tested) for v in variants))
+    legend = [
+        "VIOLATED N C  its shortest counterexample has N steps, found by C: bfs (breadth-",
+        "              first exploration), hyp (Hypothesis) or z3 (bounded model",
+        f"              checking); the files are in {out}/",
+        "proved        z3 proved it for every vector count and peer id (induction)",
+        "ok            no state explored and no case tested violates it (last rows)",
+        "*             sometimes: some run must reach it; reached N: in N steps;",
+        "              unreached: not within the states explored and the cases tested",
+    ]
+    for i, note in enumerate(notes, 1):
+        legend += textwrap.wrap(note, 80, initial_indent=f"({i})".ljust(14),
+                                subsequent_indent=" " * 14)
+    return table, legend
 
 
 def _hypothesis(config: Config, variant: Variant) -> tuple[int, Any]:
@@ -221,7 +308,8 @@ def prove_job(variants: list[str], out: str) -> list[dict[str, Any]]:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    console = Console(stderr=True, quiet=bool(args.json))
+    # Progress goes to stderr, with --json too (stdout carries the report alone).
+    console = Console(stderr=True, log_path=False)
     configs = [load_config_file(p) for p in args.config] if args.config else embedded_configs()
     names = args.variant or [*MAIN_VARIANTS, *(
         [v for v in VARIANTS if v.startswith("before-")] if args.history else [])]
@@ -257,7 +345,7 @@ def run_check(args: argparse.Namespace) -> int:
             length = len(load_counterexample(file).trace.steps) if file else int(row["depth"])
             cells[(prop, row["variant"])].violated.append(
                 Evidence("z3", length, str(file), str(row.get("detail"))))
-    witnesses: dict[str, dict[str, str]] = {}
+    witnesses: dict[str, dict[str, int]] = {}
     for run in runs:
         for prop in SAFETY:
             cell = cells[(prop.name, run["variant"])]
@@ -268,8 +356,8 @@ def run_check(args: argparse.Namespace) -> int:
                 Evidence(v["checker"], v["length"], v["file"], v["message"]))
         for name, length in run["witnesses"].items():
             best = witnesses.setdefault(name, {}).get(run["variant"])
-            if best is None or length < int(best.split()[1].strip("(")):
-                witnesses[name][run["variant"]] = f"reached ({length} steps)"
+            if best is None or length < best:
+                witnesses[name][run["variant"]] = length
     fixed_violations = [
         (p, e) for (p, v), cell in cells.items() if v == FIXED.name for e in cell.violated
     ]
@@ -277,26 +365,18 @@ def run_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "runs": runs,
-            "table": {p.name: {v.name: cells[(p.name, v.name)].text() for v in variants}
+            "table": {p.name: {v.name: cells[(p.name, v.name)].detail() for v in variants}
                       for p in SAFETY},
-            "sometimes": witnesses,
+            "sometimes": {name: {v: f"reached ({n} steps)" for v, n in by_variant.items()}
+                          for name, by_variant in witnesses.items()},
             "proofs": proved,
             "seconds": round(elapsed, 1),
         }, indent=2))
     else:
-        table = Table(title=f"ivshmem-model check ({elapsed:.0f} s; counterexamples in "
-                            f"{args.out}/)")
-        table.add_column("property")
-        for variant in variants:
-            table.add_column(variant.name)
-        for prop in SAFETY:
-            table.add_row(prop.name, *(cells[(prop.name, v.name)].text() for v in variants))
-        for prop in PROPERTIES:
-            if prop.expectation == "sometimes":
-                table.add_row(prop.name + " (sometimes)",
-                              *(witnesses.get(prop.name, {}).get(v.name, "unreached")
-                                for v in variants))
+        table, legend = check_table(
+            f"ivshmem-model check ({elapsed:.0f} s)", variants, cells, witnesses, args.out)
         Console().print(table)
+        Console(highlight=False, soft_wrap=True).print("\n".join(legend))
         if fixed_violations:
             Console(stderr=True).print(
                 f"[bold red]the fixed variant violates {len(fixed_violations)} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,15 +18,18 @@ from typing import Any
 from ivshmem_model.conform_cli import add_backend_options, replay_on_qemu, run_on_qemu
 from ivshmem_model.conform_cli import add_subcommands as add_conform_subcommands
 from ivshmem_model.corpus_cli import add_subcommands as add_corpus_subcommands
-from model.actions import TraceError, load_counterexample, load_trace
+from model.actions import Action, Deliver, TraceError, load_counterexample, load_trace
 from model.executor.cli import add_subcommands as add_executor_subcommands
+from model.state import SystemState
 from model.variants import VARIANTS, variant_option
 from properties.corpus import update_expectations
 from properties.explore_cli import add_subcommands as add_graph_subcommands
+from properties.explore_cli import variant_help
 from properties.prove_cli import add_subcommands as add_prove_subcommands
-from properties.trace import as_program, replay, run_trace
+from properties.trace import as_program, queued_messages, replay, run_trace
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what the shell reports for a command killed by it
 
 
 class BadInputError(Exception):
@@ -40,6 +44,15 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, separators=(", ", ": "))
 
 
+def _why_disabled(action: Action, state: SystemState | None) -> str:
+    """A hint for the commonest stumble: a ``deliver`` with nothing left to deliver."""
+    if state is None or not isinstance(action, Deliver) or queued_messages(state,
+                                                                           action.endpoint):
+        return ""
+    return (f"nothing is queued for endpoint {action.endpoint}: realize reads the setup "
+            "messages itself, see docs/trace-format.md")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.backend == "qemu":
         return run_on_qemu(args)
@@ -50,14 +63,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=2))
         return EXIT_OK
     if args.program:
-        print(as_program(trace.config, trace.steps))
-        print()
+        print(as_program(trace.config, trace.steps, variant.name, result))
     print(f"variant {variant.name}: {len(trace.steps)} steps, "
           f"{trace.config.endpoints} endpoint(s), {trace.config.server.policy} server")
     for record in result.steps:
         print(f"[{record.index}] {_compact(record.action.to_json())}")
+        if record.received:
+            print("    received: " + ", ".join(
+                str(m["value"]) + (f" ({m['fd']})" if m["fd"] else "")
+                for m in record.received))
         if not record.enabled:
             print("    DISABLED: this action is not enabled in this state; the run stops here")
+            hint = _why_disabled(record.action, result.final)
+            if hint:
+                print(f"    ({hint})")
             continue
         for obs in record.observations:
             print(f"    {_compact(obs)}")
@@ -125,8 +144,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 print(line)
             if not outcome.ok and worst == EXIT_OK:
                 worst = EXIT_FAILED
+    checked = [r for r in report if "ok" in r]
+    failed = sum(1 for r in checked if not r["ok"])
+    bad = sum(1 for r in report if "error" in r)
+    summary = {"files": len(files), "expectations": len(checked),
+               "ok": len(checked) - failed, "failed": failed, "unreadable": bad}
     if args.json:
-        print(json.dumps({"results": report}, indent=2))
+        print(json.dumps({"results": report, "summary": summary}, indent=2))
+    else:
+        print(f"{summary['files']} files, {summary['expectations']} expectations: "
+              f"{summary['ok']} ok, {failed} failed" + (f", {bad} unreadable" if bad else ""))
     return worst
 
 
@@ -169,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     explore = sub.add_parser("explore", help="breadth-first exploration of one configuration")
     explore.add_argument("--config", metavar="FILE", help="a configuration file")
-    explore.add_argument("--variant", default="seed", help="variant (default: %(default)s)")
+    explore.add_argument("--variant", default="seed", metavar="V", help=variant_help())
     explore.add_argument("--depth", type=int, default=None, help="depth bound")
     explore.add_argument("--max-states", type=int, default=200_000, help="state bound")
     explore.add_argument("--symmetry", action="store_true",
@@ -182,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="execute one trace and show each step")
     run.add_argument("trace", help="a trace (or counterexample) file")
-    run.add_argument("--variant", default="seed", help="variant (default: %(default)s)")
+    run.add_argument("--variant", default="seed", metavar="V", help=variant_help())
     run.add_argument("--json", action="store_true", help="machine-readable output")
     run.add_argument("--program", action="store_true",
                      help="also print the trace as a Python program")
@@ -191,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("replay", help="check counterexample expectations")
     rep.add_argument("paths", nargs="+", metavar="FILE|DIR")
-    rep.add_argument("--variant", default=None, help="only this variant's expectation")
+    rep.add_argument("--variant", default=None, metavar="V",
+                     help="only this variant's expectation (default: every variant the file "
+                          "names)")
     rep.add_argument("--json", action="store_true", help="machine-readable output")
     rep.add_argument("--update", action="store_true",
                      help="rewrite each file's expectations from what every variant does "
@@ -217,6 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`ivshmem-model run ... | head`): stop quietly, as `cat` does.
+        # Later writes, and the interpreter's final flush, go to /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return code
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +38,32 @@ def add_subcommands(subparsers: Any) -> None:
     parser.set_defaults(func=run_prove)
 
 
-def prove_all(variants: list[str], depth: int, out: Path | None) -> list[dict[str, Any]]:
+Progress = Callable[[int, int, str, list[dict[str, Any]]], None]
+
+
+def prove_all(variants: list[str], depth: int, out: Path | None,
+              progress: Progress | None = None) -> list[dict[str, Any]]:
     """Each property under each variant (both kinds of violation where induction fails),
-    then the decode theorems."""
+    then the decode theorems.  ``progress(done, total, task, rows)`` is called before each
+    task (``rows`` empty) and after it (with the rows it produced)."""
     results: list[dict[str, Any]] = []
+    total = len(variants) * len(symbolic.PROPERTIES) + 2
+    done = 0
+
+    def report(task: str, rows: list[dict[str, Any]]) -> None:
+        if progress is not None:
+            progress(done, total, task, rows)
+
     for name in variants:
         variant = get_variant(name)
         for prop in symbolic.PROPERTIES:
+            report(f"{name} {prop}", [])
+            first = len(results)
             proof = symbolic.prove(prop, variant)
             if proof.status == "proved":
                 results.append(proof.to_json())
+                done += 1
+                report(f"{name} {prop}", results[first:])
                 continue
             # vector_bounds is about fates only: there is no live state that violates it.
             modes = ("fate",) if prop == "vector_bounds" else ("fate", "state")
@@ -55,14 +73,19 @@ def prove_all(variants: list[str], depth: int, out: Path | None) -> list[dict[st
                 row = found.to_json()
                 row["mode"] = mode
                 results.append(row)
+            done += 1
+            report(f"{name} {prop}", results[first:])
     for label, prover in (("doorbell_decode", symbolic_decode.prove_doorbell_decode),
                           ("message_decode", symbolic_decode.prove_message_decode)):
+        report(label, [])
         started = time.perf_counter()
         result = prover()
         results.append({
             "property": label, "variant": "-", "seconds": time.perf_counter() - started,
             "status": "proved" if result == z3.unsat else "unknown",
         })
+        done += 1
+        report(label, results[-1:])
     return results
 
 
@@ -79,6 +102,19 @@ def _line(row: dict[str, Any]) -> str:
     return f"{head} {tail}"
 
 
+LEGEND = """\
+proved          z3 showed the property holds in every reachable state, for every vector count
+                and peer id (an inductive invariant: it holds initially and every action keeps it)
+counterexample  bounded model checking found the shortest run that breaks it; replayed through
+                step, it is written as a counterexample file
+[fate]          the search for a run in which the process ends badly (a C assert aborts it,
+                a bad memory access crashes it)
+[state]         the search for a run in which the live process's bookkeeping breaks the
+                property while nothing has failed yet (e.g. a KVM route left behind)
+unknown         no violation within the depth bound (or z3 gave up): not a proof
+unconfirmed     z3 found a run that step does not confirm: the encoding and the model differ"""
+
+
 def run_prove(args: argparse.Namespace) -> int:
     from model.actions import TraceError
 
@@ -87,12 +123,22 @@ def run_prove(args: argparse.Namespace) -> int:
         variant_option(name)
     if not 1 <= args.depth <= 32:
         raise TraceError(f"expected a depth in [1, 32], got {args.depth}", "--depth")
-    results = prove_all(variants, args.depth, Path(args.out))
+    started = time.perf_counter()
+
+    def progress(done: int, total: int, task: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            print(f"[{done + 1}/{total}, {time.perf_counter() - started:.0f} s] {task} ...",
+                  file=sys.stderr, flush=True)
+        elif not args.json:
+            for row in rows:
+                print(_line(row), flush=True)
+
+    results = prove_all(variants, args.depth, Path(args.out), progress)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        for row in results:
-            print(_line(row))
+        print()
+        print(LEGEND)
     bad = [r for r in results if r["status"] == "unconfirmed"
            or (r["variant"] in ("fixed", "-") and r["status"] != "proved")]
     return 1 if bad else 0

@@ -2,17 +2,18 @@
 
 ``run_trace`` executes a trace through ``step`` and judges every state with the registry;
 ``replay`` compares a counterexample's expectations with what the model does, naming the
-first step where they diverge.  ``as_program`` prints a trace as the Python program that
-rebuilds it (style.md: counterexamples as runnable traces).
+first step where they diverge.  ``as_program`` prints a trace as a Python program that
+rebuilds it and runs as it is printed (counterexamples as runnable traces).
 """
 
 from __future__ import annotations
 
 import json
+import pprint
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.actions import Action, Config, Counterexample, Trace
+from model.actions import Action, Config, Counterexample, Deliver, Realize, Trace
 from model.state import SystemState
 from model.system import initial_state, step
 from model.variants import Variant, get_variant
@@ -27,14 +28,20 @@ class StepRecord:
     action: Action
     enabled: bool
     observations: list[Observation]
+    # For ``deliver`` and ``realize``: the messages the endpoint took off its channel, each
+    # ``{"value": v, "fd": kind}`` (``realize`` reads the setup messages itself).
+    received: list[Observation] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "index": self.index,
             "action": self.action.to_json(),
             "enabled": self.enabled,
             "observations": self.observations,
         }
+        if self.received:
+            out["received"] = self.received
+        return out
 
 
 @dataclass
@@ -72,18 +79,36 @@ class RunResult:
         }
 
 
+def queued_messages(state: SystemState, endpoint: int) -> list[Observation]:
+    """The messages waiting in ``endpoint``'s channel, oldest first, each as
+    ``{"value": v, "fd": kind}`` (``kind``: ``None``, ``"eventfd"`` or ``"shm"``)."""
+    out: list[Observation] = []
+    for value, d in state.channels[endpoint]:
+        kind: str | None = None
+        if d >= 0:
+            fd = state.fds[d]
+            obj = state.objects[fd.obj] if fd is not None else None
+            kind = obj.kind if obj is not None else "closed"
+        out.append({"value": value, "fd": kind})
+    return out
+
+
 def run_trace(trace: Trace, variant: Variant) -> RunResult:
     """Execute ``trace``; stop at the first disabled step (it is reported, not skipped)."""
     result = RunResult(variant.name)
     state = initial_state(trace.config, variant)
     seen: set[str] = set()
     for index, action in enumerate(trace.steps):
+        # deliver and realize take messages off the endpoint's channel: record which
+        reader = action.endpoint if isinstance(action, Deliver | Realize) else None
+        queued = queued_messages(state, reader) if reader is not None else []
         outcome = step(state, action)
         if outcome is None:
             result.steps.append(StepRecord(index, action, False, []))
             break
         state, obs = outcome
-        result.steps.append(StepRecord(index, action, True, obs))
+        taken = len(queued) - len(state.channels[reader]) if reader is not None else 0
+        result.steps.append(StepRecord(index, action, True, obs, queued[:taken] or None))
         for name, message in violations(state):
             if name not in seen:
                 seen.add(name)
@@ -158,13 +183,38 @@ def expectations(config: Config, steps: tuple[Action, ...], prop: str) -> dict[s
     return expect
 
 
-def as_program(config: Config, steps: list[Action] | tuple[Action, ...]) -> str:
-    """The trace as a Python program over ``initial_state`` and ``step``."""
+def as_program(config: Config, steps: list[Action] | tuple[Action, ...],
+               variant: str = "seed", result: RunResult | None = None) -> str:
+    """The trace as a Python program over ``initial_state`` and ``step`` that runs as printed.
+
+    With ``result`` (the run of these steps), each step carries its observations as a comment
+    and the program ends by naming each violated property and its 0-based step."""
+    names = sorted({type(a).__name__ for a in steps})
+    config_text = pprint.pformat(config.to_json(), indent=1, width=88, sort_dicts=False)
     lines = [
-        "from model.actions import *",
+        f"from model.actions import {', '.join([*names, 'config_from_json'])}",
         "from model.system import initial_state, step",
-        f"s = initial_state(config_from_json({json.dumps(config.to_json())}))",
+        "from model.variants import get_variant",
+        "from properties.invariants import violations",
+        "",
+        "config = config_from_json(" + config_text.replace("\n", "\n" + " " * 26) + ")",
+        f"s = initial_state(config, get_variant({variant!r}))",
     ]
-    for action in steps:
-        lines.append(f"s, obs = step(s, {action!r})")
-    return "\n".join(lines)
+    records = result.steps if result is not None else []
+    for index, action in enumerate(steps):
+        line = f"s, obs = step(s, {action!r})"
+        if index < len(records):
+            record = records[index]
+            if not record.enabled:
+                lines.append(f"# step {index} is not enabled here: step() returns None")
+                lines.append(f"assert step(s, {action!r}) is None")
+                break
+            if record.observations:
+                shown = json.dumps(record.observations, separators=(",", ":"))
+                line += "  # " + (shown if len(shown) <= 100 else shown[:99] + "…")
+        lines.append(line)
+    lines.append("print(violations(s))")
+    if result is not None:
+        for v in result.violations:
+            lines.append(f"# {v.property} is first violated after step {v.step}: {v.message}")
+    return "\n".join(lines) + "\n"

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from helpers import contrib, doorbell, scripted
 
-from model.actions import Connect, ServerExit, Trace
+from model.actions import Action, Connect, MmioRead, ServerExit, Trace, load_counterexample
 from model.variants import SEED
 from properties import explore_cli
 from properties.explore import ExploreOptions, explore
-from properties.graph import counterexample_graph, state_graph, to_dot
+from properties.graph import counterexample_graph, render, state_graph, to_dot
+
+CORPUS = Path(__file__).resolve().parent.parent / "counterexamples"
 
 
 def _main(argv: list[str]) -> int:
@@ -64,3 +67,56 @@ def test_graph_command_without_graphviz_is_exit_2(
     assert _main(["graph", "--depth", "1", "--format", "svg", "-o",
                   str(tmp_path / "x.svg")]) == 2
     assert "graphviz" in capsys.readouterr().err
+
+
+def _svg_size(svg: bytes) -> tuple[float, float]:
+    """Width and height in pixels (Graphviz writes points: 1 pt = 4/3 px)."""
+    match = re.search(rb'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svg)
+    assert match is not None
+    return float(match.group(1)) * 4 / 3, float(match.group(2)) * 4 / 3
+
+
+def _ten_steps() -> tuple[Action, ...]:
+    cx = load_counterexample(str(CORPUS / "peer-eventfds-freed-twice.json"))
+    steps = cx.trace.steps
+    return (*steps[:-1], MmioRead(0, 8, 4), MmioRead(0, 0, 4), steps[-1])
+
+
+@pytest.mark.skipif(shutil.which("dot") is None,
+                    reason="Graphviz's dot is not installed (scripts/install-graphviz.sh)")
+def test_counterexample_picture_of_ten_steps_is_at_most_2000_px_wide() -> None:
+    steps = _ten_steps()
+    assert len(steps) == 10
+    graph = counterexample_graph(contrib(), SEED, steps)
+    width, height = _svg_size(render(to_dot(graph), "svg"))
+    assert width <= 2000, (width, height)
+    assert height > width  # laid out along the path
+
+
+def test_counterexample_path_states_have_distinct_labels() -> None:
+    graph = counterexample_graph(contrib(), SEED, _ten_steps())
+    path = [n for n, d in graph.nodes(data=True) if d["on_path"]]
+    by_state: dict[object, set[str]] = {}
+    for node in path:
+        by_state.setdefault(graph.nodes[node]["state"], set()).add(graph.nodes[node]["label"])
+    labels = [label for group in by_state.values() for label in group]
+    assert len(set(labels)) == len(labels) >= len(by_state)
+    # what differs is shown: the double free's step names the freed block
+    assert "e0.dev.peers[1].block: live -> freed" in graph.nodes["p7"]["label"]
+
+
+def test_state_graph_labels_tell_distinct_states_apart() -> None:
+    graph = state_graph(contrib(endpoints=2), SEED, depth=3)
+    seen: dict[str, object] = {}
+    for _, data in graph.nodes(data=True):
+        other = seen.setdefault(data["label"], data["state"])
+        assert other == data["state"], data["label"]
+
+
+def test_pictures_carry_a_legend() -> None:
+    for graph in (state_graph(contrib(endpoints=1), SEED, depth=1),
+                  counterexample_graph(scripted(), SEED, (Connect(0), ServerExit()))):
+        dot = to_dot(graph)
+        assert "legend [" in dot
+        for term in ("queue=", "double border", "purple hung", "also enabled here"):
+            assert term in dot
