@@ -112,6 +112,10 @@ def record_on_file(path: Path, version: str, record: dict[str, Any]) -> None:
 
 
 def cmd_conform(args: argparse.Namespace) -> int:
+    if args.generate is not None:
+        return generated_campaign(args)
+    if not args.paths:
+        raise TraceError("give traces or directories, or --generate N", "conform")
     backend = backend_from(args)
     files: list[Path] = []
     for raw in args.paths:
@@ -139,10 +143,52 @@ def cmd_conform(args: argparse.Namespace) -> int:
     return EXIT_FAILED if counts["differ"] else EXIT_OK
 
 
+def generated_campaign(args: argparse.Namespace) -> int:
+    """``conform --generate N``: N random walks per embedded configuration (enabled actions,
+    hostile server messages, guest configuration and shared-memory accesses) on both sides;
+    each difference is shrunk (delta debugging, one QEMU run per probe) and written as a trace
+    under ``--out`` so it can be kept as a conformance case."""
+    from ivshmem_model.check import embedded_configs
+    from properties.conform import campaign, shrink
+
+    if args.generate < 1 or args.length < 1:
+        raise TraceError("--generate and --length take a whole number of at least 1",
+                         "conform")
+    backend = backend_from(args)
+    chosen = [c for c in embedded_configs() if not args.config or c.name in args.config]
+    if not chosen:
+        raise TraceError(f"no embedded configuration named {', '.join(args.config)}", "--config")
+    results = campaign([c.config for c in chosen], args.generate, args.length, args.seed,
+                       backend, args.variant)
+    counts = {"agree": 0, "differ": 0, "unsupported": 0}
+    out = Path(args.out)
+    for index, (trace, verdict) in enumerate(results):
+        counts[verdict.verdict] += 1
+        if verdict.verdict == "differ":
+            small = shrink(trace, backend, args.variant)
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"differ-seed{args.seed}-{index}.json"
+            path.write_text(json.dumps(small.to_json(), indent=2) + "\n", encoding="utf-8")
+            print(f"differ      {path} ({len(small.steps)} steps)\n  {verdict}")
+    print(f"{counts['agree']} agree, {counts['differ']} differ, "
+          f"{counts['unsupported']} not expressible on QEMU "
+          f"({len(results)} generated traces, seed {args.seed})")
+    return EXIT_FAILED if counts["differ"] else EXIT_OK
+
+
 def add_subcommands(sub: Any) -> None:
     conf = sub.add_parser("conform", help="run traces on the model and on QEMU and compare")
-    conf.add_argument("paths", nargs="+", metavar="FILE|DIR",
+    conf.add_argument("paths", nargs="*", metavar="FILE|DIR",
                       help="traces or counterexamples (directories are searched)")
+    conf.add_argument("--generate", type=int, default=None, metavar="N",
+                      help="instead of files: N generated walks per embedded configuration")
+    conf.add_argument("--length", type=int, default=16, metavar="STEPS",
+                      help="steps per generated walk (default: %(default)s)")
+    conf.add_argument("--seed", type=int, default=0, help="the campaign's seed (default: 0)")
+    conf.add_argument("--config", action="append", metavar="NAME",
+                      help="only this embedded configuration (repeatable)")
+    conf.add_argument("--out", default="conform-out", metavar="DIR",
+                      help="where shrunk differences are written (default: %(default)s)")
     conf.add_argument("--variant", default="qemu-7.2",
                       help="the model's variant (default: %(default)s)")
     conf.add_argument("--json", action="store_true", help="machine-readable output")

@@ -199,3 +199,21 @@ def test_conform_command_counts(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["conform", str(CORPUS / "unmask-without-route-aborts.json"),
                  str(CASES[0])]) == 0
     assert "2 agree, 0 differ" in capsys.readouterr().out
+
+
+@needs_qemu
+def test_conform_generate_runs_a_campaign(capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    args = ["conform", "--generate", "2", "--length", "6", "--config", "scripted-tcg",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "(2 generated traces, seed 0)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["conform", "--generate", "0"], ["conform"],
+                                  ["conform", "--generate", "1", "--config", "nope"]])
+def test_conform_bad_arguments_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("qemu-system-x86_64") is None and "--config" in args:
+        pytest.skip("the configuration is checked after QEMU is found")
+    assert main(args) == 2
+    assert "ivshmem-model conform" in capsys.readouterr().err
