@@ -152,8 +152,10 @@ class Action:
             if f.name == "props":
                 value = dict(value)
             if (f.name == "offset" and isinstance(self, PbaRead) and value == 0) or (
-                    f.name == "hotplug" and value is False):
+                    f.name in ("hotplug", "extra_fds") and not value):
                 continue  # optional field: keep traces written before it byte-identical
+            if f.name == "extra_fds":
+                value = list(value)
             out[f.name] = value
         return out
 
@@ -172,26 +174,46 @@ class Disconnect(Action):
 
 FdKind = Literal["eventfd", "shm"] | None
 
+# What a server may attach to a message (``server_send.fd``, ``extra_fds``): an eventfd; a
+# shared-memory object (``shm``); or, from a hostile or broken server, a pipe's read end
+# (``pipe``: nobody writes the other end), ``/dev/null`` (``devnull``), a regular file (``file``)
+# or a memfd opened read-only (``memfd-ro``).  The sized kinds take ``:BYTES`` (default: the
+# configuration's ``shm_size``).
+FD_KINDS = ("eventfd", "shm", "pipe", "devnull", "file", "memfd-ro")
+SIZED_FD_KINDS = ("shm", "file", "memfd-ro")
+
+
+def fd_kind_size(text: str) -> tuple[str, int | None]:
+    """``"shm:4096"`` -> ``("shm", 4096)``; ``"eventfd"`` -> ``("eventfd", None)``."""
+    kind, _colon, size = text.partition(":")
+    return kind, int(size) if size else None
+
 
 @dataclass(frozen=True, slots=True)
 class ServerSend(Action):
     """Any server, honest or hostile, writes one message; ``fd`` objects are made fresh.
 
-    ``fd`` is ``None``, ``"eventfd"``, ``"shm"`` (the configuration's ``shm_size``) or
-    ``"shm:BYTES"`` (a shared-memory object of that many bytes).
+    ``fd`` is ``None`` or one of :data:`FD_KINDS` (``"shm:BYTES"`` and the like for an explicit
+    size).  ``extra_fds`` (an extension, default none) attaches more descriptors to the same
+    message; QEMU's chardev keeps the first one it received and closes the others
+    (``tcp_get_msgfds``), so with ``fd`` null the first extra is the message's fd.
     """
 
     name: ClassVar[str] = "server_send"
     endpoint: int
     value: int
     fd: str | None = None
+    extra_fds: tuple[str, ...] = ()
 
     @property
     def shm_bytes(self) -> int | None:
-        """The explicit size of ``shm:BYTES``; ``None`` for the other forms."""
-        if self.fd is not None and self.fd.startswith("shm:"):
-            return int(self.fd[4:])
-        return None
+        """The explicit size of ``KIND:BYTES``; ``None`` for the other forms."""
+        return fd_kind_size(self.fd)[1] if self.fd is not None else None
+
+    @property
+    def attached(self) -> tuple[str, ...]:
+        """Every descriptor the message carries, in order (``fd`` first)."""
+        return ((self.fd,) if self.fd is not None else ()) + self.extra_fds
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,16 +395,33 @@ ACTION_TYPES: dict[str, type[Action]] = {
 }
 
 
-def _fd_kind(value: Any) -> str | None:
-    if value is None or value in ("eventfd", "shm"):
-        return value  # type: ignore[no-any-return]
-    if isinstance(value, str) and value.startswith("shm:"):
-        digits = value[4:]
-        if digits.isdigit() and 0 <= int(digits) <= UINT64_MAX:
+def _fd_kind(value: Any, where: str = "fd") -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        kind, colon, digits = value.partition(":")
+        if kind in FD_KINDS and not colon:
             return value
-    raise TraceError(
-        f'expected null, "eventfd", "shm" or "shm:BYTES", got {json.dumps(value)}', "fd"
-    )
+        if kind in SIZED_FD_KINDS and digits.isdigit() and int(digits) <= UINT64_MAX:
+            return value
+    kinds = ", ".join(f'"{k}"' for k in FD_KINDS)
+    raise TraceError(f"expected null, one of {kinds} or \"KIND:BYTES\" for "
+                     f"{', '.join(SIZED_FD_KINDS)}, got {json.dumps(value)}", where)
+
+
+def _extra_fds(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TraceError(f"expected a list of fd kinds, got {json.dumps(value)}", "extra_fds")
+    if len(value) > 15:
+        raise TraceError("at most 15 extra descriptors (SCM_RIGHTS carries 16 here)",
+                         "extra_fds")
+    out = []
+    for index, item in enumerate(value):
+        kind = _fd_kind(item, f"extra_fds[{index}]")
+        if kind is None:
+            raise TraceError("expected an fd kind, got null", f"extra_fds[{index}]")
+        out.append(kind)
+    return tuple(out)
 
 
 def _access_size(value: Any, key: str) -> int:
@@ -398,6 +437,8 @@ def _check_field(cls: type[Action], key: str, value: Any) -> Any:
     if cls is ServerSend:
         if key == "value":
             return _int(value, key, INT64_MIN, INT64_MAX)
+        if key == "extra_fds":
+            return _extra_fds(value)
         return _fd_kind(value)
     if cls is Realize:
         if key == "hotplug":

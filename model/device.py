@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from model import msix
+from model import msix, pci
+from model.actions import SIZED_FD_KINDS
 from model.msix import (
     PCIDevice,
     msix_enabled,
@@ -108,9 +109,9 @@ class IVShmemState(PCIDevice):
     __slots__ = (
         "_frozen", "bar2", "bar2_64bit", "bar2_fd", "bar2_size", "chardev", "endpoint",
         "features", "hostmem", "hostmem_data", "interrupt_pin", "intrmask", "intrstatus",
-        "ioeventfds", "irq_level", "legacy_size",
-        "master", "migration_blocker", "msg_buffered_bytes", "msi_vectors",
-        "msi_vectors_block", "nb_peers", "peers", "peers_block", "type", "vectors", "vm_id",
+        "ioeventfds", "irq_level", "legacy_size", "master", "migration_blocker",
+        "msg_buffered_bytes", "msi_vectors", "msi_vectors_block", "nb_peers", "peers",
+        "peers_block", "realizing", "type", "vectors", "vm_id",
     )
 
     def __init__(self, proc: Proc, d: Device) -> None:
@@ -142,6 +143,7 @@ class IVShmemState(PCIDevice):
         self.msg_buffered_bytes = d.msg_buffered_bytes
         self.migration_blocker = d.migration_blocker
         self.ioeventfds = list(d.ioeventfds)
+        self.realizing = False  # BAR0 is mapped only once realize is over
         if d.msix.notifiers:
             self.msix_vector_use_notifier = ivshmem_vector_unmask
             self.msix_vector_release_notifier = ivshmem_vector_mask
@@ -444,11 +446,30 @@ def watch_vector_notifier(s: IVShmemState, n: int, vector: int) -> None:
         )
     s.msi_vectors[vector] = MSIVector(True, -1, False)
     s.proc.set_fd_handler(n, vector)
+    if n != ZEROED and s.proc.world.is_open(n) and s.proc.world.always_readable(n):
+        # A hostile server's /dev/null or file as an eventfd: poll() says readable at once and
+        # forever, so the main loop runs the handler now (and then spins, to no effect).
+        ivshmem_vector_notify(s, vector)
 
 
 def ivshmem_add_eventfd(s: IVShmemState, posn: int, i: int) -> None:
-    """Seed 400-408."""
+    """Seed 400-408; KVM sees the ioeventfd once BAR0 is mapped (after realize)."""
     s.ioeventfds.append(((posn << 16) | i, eventfd_slot(s, posn, i, 407)))
+    if not s.realizing and pci.bar_address(s.freeze(), 0) is not None:
+        kvm_ioeventfds_commit(s)
+
+
+def kvm_ioeventfds_commit(s: IVShmemState) -> None:
+    """The memory core hands BAR0's ioeventfds to KVM while BAR0 is mapped (memory.c
+    ``address_space_update_ioeventfds``): KVM_IOEVENTFD takes only an eventfd, and on
+    anything else (a hostile server's pipe, file...) ``kvm_mem_ioeventfd_add`` prints the
+    error and aborts.  Under TCG the ioeventfd is matched in software and nothing fails."""
+    if not s.proc.kvm_msi_irqfd:
+        return
+    for _, d in s.ioeventfds:
+        if d != ZEROED and s.proc.world.is_open(d) and s.proc.world.obj_of(d).kind != "eventfd":
+            raise Abort("kvm_mem_ioeventfd_add: error adding ioeventfd: Invalid argument (22)",
+                        "kvm-all.c kvm_mem_ioeventfd_add")
 
 
 def ivshmem_del_eventfd(s: IVShmemState, posn: int, i: int) -> None:
@@ -547,7 +568,7 @@ def process_msg_shmem(s: IVShmemState, fd: int, errp: Errp) -> None:
         s.proc.close(fd, 526)
         return
     obj = s.proc.world.obj_of(fd)
-    size = obj.size if obj.kind == "shm" else 0
+    size = obj.size if obj.kind in SIZED_FD_KINDS else 0  # fstat's st_size
     # Legacy cruft
     if s.legacy_size != SIZE_MAX:
         if size < s.legacy_size:
@@ -557,7 +578,10 @@ def process_msg_shmem(s: IVShmemState, fd: int, errp: Errp) -> None:
         size = s.legacy_size
     # mmap the region and map into the BAR2 (memory_region_init_ram_from_fd, seed 544-549);
     # on failure the fd is not closed.
-    error = qemu_ram_alloc_from_fd_error(size, obj.size if obj.kind == "shm" else 0)
+    error = qemu_ram_alloc_from_fd_error(size, obj.size if obj.kind in SIZED_FD_KINDS else 0)
+    if error is None and obj.kind == "memfd-ro":
+        # file_ram_alloc maps the fd shared and writable: EACCES on a read-only open file
+        error = "unable to map backing store for guest RAM: Permission denied"
     if error:
         errp.set(error)
         return
@@ -1044,6 +1068,7 @@ def realize_device(
         legacy_size=dtype.legacy_size,
     )
     s = IVShmemState(proc, device)
+    s.realizing = True
     errp = Errp()
     if device_type == "ivshmem-plain":
         ivshmem_plain_realize(s, errp)
@@ -1051,8 +1076,10 @@ def realize_device(
         ivshmem_doorbell_realize(s, errp)
     else:
         ivshmem_realize(s, values, errp)
+    s.realizing = False
     if errp:
         return None, errp.msg
+    kvm_ioeventfds_commit(s)  # the guest maps BAR0
     return s, None
 
 

@@ -80,6 +80,10 @@ def location(line: int | str) -> dict[str, int | str]:
     return {"line": line} if isinstance(line, int) else {"where": line}
 
 
+# How kernel objects answer reads (``FileObject.count`` is "a read returns bytes now").
+READ_ONCE_KINDS = frozenset({"eventfd", "shm", "file", "memfd-ro"})
+ALWAYS_READABLE_KINDS = frozenset({"devnull", "shm", "file", "memfd-ro"})
+
 Fds = tuple[Fd | None, ...]
 Objects = tuple[FileObject | None, ...]
 Channels = tuple[tuple[Message, ...], ...]
@@ -188,22 +192,31 @@ class World:
         return entry is not None and entry.open
 
     def signal(self, d: int) -> None:
+        """``write(d, 8 bytes)``: an eventfd's counter goes up.  Other kinds (a hostile server's
+        fds) take the write without effect on what the model tracks: /dev/null discards it, a
+        pipe's read end and a read-only memfd refuse it (EBADF, which QEMU ignores), a file
+        grows at its offset but no one maps an object that was sent as an eventfd."""
+        obj = self.obj_of(d)
         entry = self._fds[d]
         assert entry is not None
-        obj = self._objects[entry.obj]
-        assert obj is not None
         if obj.kind == "eventfd" and obj.count == 0:
-            self._w_objects()[entry.obj] = FileObject(obj.kind, 1, obj.size)
+            self._w_objects()[entry.obj] = FileObject(obj.kind, 1, obj.size, obj.data)
 
     def drain(self, d: int) -> bool:
+        """``read`` until nothing is left (``event_notifier_test_and_clear``): True if any byte
+        came.  A file-like object yields its bytes once (the offset then sits at the end); an
+        empty pipe answers EAGAIN (the device made every peer fd non-blocking, seed 585)."""
         entry = self._fds[d]
         assert entry is not None
-        obj = self._objects[entry.obj]
-        assert obj is not None
-        if obj.kind != "eventfd" or obj.count == 0:
+        obj = self.obj_of(d)
+        if obj.kind not in READ_ONCE_KINDS or obj.count == 0:
             return False
-        self._w_objects()[entry.obj] = FileObject(obj.kind, 0, obj.size)
+        self._w_objects()[entry.obj] = FileObject(obj.kind, 0, obj.size, obj.data)
         return True
+
+    def always_readable(self, d: int) -> bool:
+        """``poll`` says readable whatever was written: /dev/null and file-like objects."""
+        return self.obj_of(d).kind in ALWAYS_READABLE_KINDS
 
     def set_data(self, d: int, data: tuple[tuple[int, int], ...]) -> None:
         """Store ``data`` as the bytes of the object behind descriptor ``d`` (open or not: a
@@ -331,9 +344,12 @@ class Proc:
             self.kvm_routes.remove(virq)
 
     def kvm_add_irqfd(self, d: int, virq: int) -> int:
-        """KVM_IRQFD assign: -EBADF for a closed or non-eventfd fd, -EBUSY if already attached."""
+        """KVM_IRQFD assign: -EBADF for a closed fd, -EINVAL for one that is not an eventfd,
+        -EBUSY if already attached."""
         if d == ZEROED or not self.world.is_open(d):
             return -9
+        if self.world.obj_of(d).kind != "eventfd":
+            return -22
         obj = self.world.fds[d]
         assert obj is not None
         for _, other in self.irqfds:

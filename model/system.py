@@ -33,6 +33,7 @@ from model import device as dev
 from model import pci
 from model import server as srv
 from model.actions import (
+    SIZED_FD_KINDS,
     Action,
     ClientNotify,
     Config,
@@ -57,6 +58,7 @@ from model.actions import (
     ShmRead,
     ShmWrite,
     Unplug,
+    fd_kind_size,
 )
 from model.msix import msix_pba_mmio_read, msix_table_mmio_write
 from model.proc import (
@@ -325,15 +327,23 @@ def _server_send(state: SystemState, a: ServerSend) -> StepResult | None:
     if not ep.connected or not _alive(ep):
         return None
     work = Work(state)
-    obj: int | None = None
-    if a.fd == "eventfd":
-        obj = work.world.new_object(FileObject("eventfd"))
-    elif a.fd is not None:
-        size = a.shm_bytes if a.shm_bytes is not None else state.config.server.shm_size
-        obj = work.world.new_object(FileObject("shm", 0, size))
+    # The chardev keeps the first descriptor and closes the others before the device reads
+    # the message (char-socket.c tcp_get_msgfds): only the first becomes an object here.
+    attached = a.attached
+    obj = _new_fd_object(work, attached[0], state.config.server.shm_size) if attached else None
     work.world.send(a.endpoint, a.value, obj)
     work.obs.append(srv.send_obs(a.endpoint, a.value, a.fd))
     return work.commit()
+
+
+def _new_fd_object(work: Work, text: str, default_size: int) -> int:
+    """A fresh kernel object of the kind ``server_send`` names.  File-like objects start with
+    bytes to read (``count`` 1) when they have any."""
+    kind, size = fd_kind_size(text)
+    if kind not in SIZED_FD_KINDS:
+        return work.world.new_object(FileObject(kind))
+    size = default_size if size is None else size
+    return work.world.new_object(FileObject(kind, int(size > 0), size))
 
 
 def _server_exit(state: SystemState, a: ServerExit) -> StepResult | None:
@@ -564,11 +574,17 @@ def _config_write(state: SystemState, a: ConfigWrite) -> StepResult | None:
             return None
         return _run_device(state, a.endpoint, lambda s: dev.ivshmem_write_config(
             s, enable=bool(a.value & 0x8000), maskall=bool(a.value & 0x4000)))
-    work = Work(state)
     width = pci.REGISTERS[a.register].size
     new = pci.config_write(device, a.register, a.value & (1 << 8 * width) - 1)
-    work.endpoints[a.endpoint] = replace(ep, device=replace(device, pci=new))
-    return work.commit()
+    newly_mapped = pci.bar_address(device, 0) is None and \
+        pci.bar_address(replace(device, pci=new), 0) is not None
+
+    def body(s: dev.IVShmemState) -> None:
+        s.pci = new
+        if newly_mapped:
+            dev.kvm_ioeventfds_commit(s)
+
+    return _run_device(state, a.endpoint, body)
 
 
 def _readable(state: SystemState, d: int) -> bool:
@@ -650,7 +666,10 @@ def _reset(state: SystemState, a: Reset) -> StepResult | None:
     def body(s: dev.IVShmemState) -> None:
         dev.ivshmem_reset(s)
         dev.pci_do_device_reset(s)
+        was_mapped = pci.bar_address(s.freeze(), 0) is not None
         s.pci = pci.guest_reset()
+        if not was_mapped:
+            dev.kvm_ioeventfds_commit(s)  # the guest maps BAR0 again
 
     return _run_device(state, a.endpoint, body)
 

@@ -66,6 +66,10 @@ ABSTRACTIONS: tuple[tuple[str, str], ...] = (
     ("hang reason",
      "the model names the loop (seed 672); QEMU shows a process that stopped answering and "
      "uses the CPU"),
+    ("a handler that runs forever",
+     "a /dev/null or file sent as an eventfd is readable at every poll: QEMU's main loop runs "
+     "the vector's handler again and again (a CPU spins, qtest still answers); the model runs "
+     "it once, when it is installed, the only run that can have an effect"),
     ("self-doorbells",
      "a device that rings its own ID has its handler run at once by QEMU's main loop; the "
      "backend reports the effect at the trace's handle_irq step"),
@@ -80,6 +84,14 @@ ABSTRACTIONS: tuple[tuple[str, str], ...] = (
      "a 64-bit BAR2 placed beyond what KVM accepts (0xffffffff80000000 on QEMU 7.2.22) fails "
      "KVM_SET_USER_MEMORY_REGION and QEMU aborts; the model does not know the host's limit, "
      "so KVM campaigns leave the upper half of BAR2 alone"),
+    ("QEMU 10.0 changes no action reaches",
+     "between 7.2.22 and 10.0.13 the PCI core updates bus mastering and INTx disable on a "
+     "1-byte write to COMMAND's upper byte (config_write writes whole registers), a config "
+     "access wider than 4 bytes is ignored instead of asserting (ports 0xCF8/0xCFC are 4 "
+     "bytes), pci_register_bar asserts a BAR is registered once (realize registers each once), "
+     "a PBA write is logged with -d guest_errors only (no output otherwise), a memory backend "
+     "must be a whole number of pages (memdev sizes here are powers of 2 of 4 KiB and more), "
+     "and device_add checks argument types (the backend passes typed values to both)"),
     ("undefined behaviour",
      "a read past an array or a write into freed memory is undefined behaviour: the model "
      "ends the process there (crashed: out_of_bounds / use_after_free); QEMU agrees when it "
@@ -317,7 +329,8 @@ def random_walk(config: Config, length: int, rng: random.Random,
 
 
 HOSTILE_VALUES = (-2, -1, 0, 1, 2, 16, 65535, 65536, 2**31, -(2**63))
-HOSTILE_FDS = (None, "eventfd", "shm", "shm:0", "shm:4096", "shm:8192", "shm:12288")
+HOSTILE_FDS = (None, "eventfd", "shm", "shm:0", "shm:4096", "shm:8192", "shm:12288", "pipe",
+               "devnull", "file", "file:8192", "memfd-ro")
 GUEST_WRITES: dict[str, tuple[int, ...]] = {
     "command": (0x0, 0x2, 0x4, 0x6, 0x507),
     "bar0": (0xFFFF_FFFF, BAR0_ADDR, 0),
@@ -335,7 +348,8 @@ def off_menu_action(state: SystemState, rng: random.Random) -> Action | None:
     e = rng.randrange(len(state.endpoints))
     device = state.endpoints[e].device
     if state.config.server.policy == "scripted" and (device is None or rng.random() < 0.3):
-        return ServerSend(e, rng.choice(HOSTILE_VALUES), rng.choice(HOSTILE_FDS))
+        extra = tuple(rng.choice(HOSTILE_FDS[1:]) for _ in range(rng.choice((0, 0, 0, 1, 2))))
+        return ServerSend(e, rng.choice(HOSTILE_VALUES), rng.choice(HOSTILE_FDS), extra)
     if device is None:
         return None
     kind = rng.randrange(4)

@@ -40,26 +40,30 @@ class Message:
     fd: int | None = None
 
 
-def send_some(sock: socket.socket, data: bytes, fd: int | None = None) -> int:
-    """One ``sendmsg`` of ``data`` with ``fd`` attached; returns the bytes sent.
+def send_some(sock: socket.socket, data: bytes, fd: int | None = None,
+              extra: tuple[int, ...] = ()) -> int:
+    """One ``sendmsg`` of ``data`` with ``fd`` (then ``extra``) attached; returns the bytes
+    sent.
 
-    The fd travels with the first byte, so after a partial send the rest goes without it.
+    The fds travel with the first byte, so after a partial send the rest goes without them.
     Raises ``BlockingIOError`` on a full non-blocking socket and ``OSError`` on failure.
     """
-    if fd is None:
+    attached = ([] if fd is None else [fd]) + list(extra)
+    if not attached:
         return sock.sendmsg([data])
-    fds = array.array("i", [fd])
+    fds = array.array("i", attached)
     return sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
 
 
-def send_msg(sock: socket.socket, value: int, fd: int | None = None) -> None:
-    """Send one whole message on a blocking socket (S:44-67)."""
+def send_msg(sock: socket.socket, value: int, fd: int | None = None,
+             extra: tuple[int, ...] = ()) -> None:
+    """Send one whole message on a blocking socket (S:44-67); ``extra`` fds ride along."""
     data = MSG.pack(value)
     while data:
-        sent = send_some(sock, data, fd)
+        sent = send_some(sock, data, fd, extra)
         if sent <= 0:
             raise WireError("cannot send message: nothing written")
-        data, fd = data[sent:], None
+        data, fd, extra = data[sent:], None, ()
 
 
 def _take_fds(ancdata: list[tuple[int, int, bytes]], kept: list[int]) -> None:
@@ -196,12 +200,19 @@ def read_kick(fd: int) -> int:
 
 
 def fd_kind(fd: int) -> str:
-    """What an fd is, from ``/proc/self/fd``: ``eventfd``, ``memfd``, ``socket``, ``file``."""
-    target = os.readlink(f"/proc/self/fd/{fd}")
-    if target == "anon_inode:[eventfd]":
-        return "eventfd"
+    """What an fd is, from ``/proc/self/fd``: ``eventfd``, ``memfd``, ``socket``, ``pipe``..."""
+    return fd_kind_of(os.readlink(f"/proc/self/fd/{fd}"))
+
+
+def fd_kind_of(target: str) -> str:
+    """The kind of a ``/proc/PID/fd`` link target: ``eventfd``, ``memfd``, ``socket``,
+    ``pipe``, another anonymous inode's name (``signalfd``, ``kvm-vm``), else ``file``."""
     if target.startswith("/memfd:"):
         return "memfd"
     if target.startswith("socket:"):
         return "socket"
+    if target.startswith("pipe:"):
+        return "pipe"
+    if target.startswith("anon_inode:"):
+        return target[len("anon_inode:"):].strip("[]")
     return "file"

@@ -60,6 +60,7 @@ from model.actions import (
     ShmWrite,
     Trace,
     Unplug,
+    fd_kind_size,
 )
 from model.executor import wire
 from model.executor.qemu.channel import Channel
@@ -68,7 +69,8 @@ from model.executor.qemu.machine import (
     Machine,
     Outcome,
     kvm_available,
-    qemu_binary,
+    qemu_version,
+    resolve_qemu,
 )
 from model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
 
@@ -138,14 +140,12 @@ class QemuBackend:
     """Runs traces on real QEMU processes, one per endpoint."""
 
     def __init__(self, binary: str | None = None, kvm: bool = False,
-                 version: str = "7.2", memcheck: bool = False) -> None:
-        found = qemu_binary(binary)
-        if found is None:
-            raise FileNotFoundError(f"{binary or 'qemu-system-x86_64'} not found: run "
-                                    "scripts/install-qemu.sh")
-        self.binary = found
+                 version: str | None = None, memcheck: bool = False) -> None:
+        """``binary``: ``7.2``, ``10.0`` or a path (``resolve_qemu``); ``version`` is what the
+        binary says it is unless given."""
+        self.binary = resolve_qemu(binary)
         self.force_kvm = kvm
-        self.version = version
+        self.version = version or qemu_version(self.binary)
         self.memcheck = memcheck
 
     @property
@@ -185,6 +185,7 @@ class _Session:
         # are reported at the trace's handle_irq step.  (endpoint, vector) -> observations
         self.held: dict[tuple[int, int], list[list[Observation]]] = {}
         self.started = 0  # QEMU processes started (their sockets need distinct names)
+        self.pipe_ends: list[int] = []  # write ends of the pipes sent as fds
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -233,6 +234,8 @@ class _Session:
                 self.result.stderr[e] = machine.stderr_lines
         for channel in self.channels:
             channel.close()
+        for fd in self.pipe_ends:
+            os.close(fd)
         if self.server is not None:
             self.server.stop()
 
@@ -267,11 +270,11 @@ class _Session:
                     [{"msi": v} for v in msis])
             else:
                 obs.extend({"msi": v} for v in msis)
-        for line in machine.new_stderr():
-            text = _error_line(line)
-            if text is not None:
-                obs.append({"error": text})
+        errors = [text for text in map(_error_line, machine.new_stderr()) if text is not None]
         outcome = machine.poll() if machine.outcome.kind == "running" else machine.outcome
+        if outcome is not None and outcome.kind == "aborted" and outcome.reason in errors:
+            errors.remove(outcome.reason)  # the abort's own message (not an assertion's)
+        obs.extend({"error": text} for text in errors)
         if was_running and outcome is not None and outcome.kind != "running":
             self.result.outcomes[e] = outcome
             if outcome.kind == "failed":
@@ -299,7 +302,11 @@ class _Session:
         vector = value & 0xFFFF if action.size == 4 and action.offset == DOORBELL else value & 0xFF
         if vector >= len(channel.own_eventfds):
             vector = value & 0xFF
-        return vector if vector < len(channel.own_eventfds) else None
+        if vector >= len(channel.own_eventfds):
+            return None
+        # a hostile server's pipe, /dev/null or file as the own "eventfd": the doorbell's
+        # write wakes nothing (the handler, if it runs, finds nothing to read)
+        return vector if wire.fd_kind(channel.own_eventfds[vector]) == "eventfd" else None
 
     def _pump_all(self) -> list[Observation]:
         obs: list[Observation] = []
@@ -361,16 +368,35 @@ class _Session:
             return None
         if not channel.connected or self._dead(a.endpoint):
             return None
-        fd: int | None = None
-        kind: str | None = None
-        if a.fd == "eventfd":
-            fd, kind = wire.new_eventfd(), "eventfd"
-        elif a.fd is not None:
-            size = a.shm_bytes if a.shm_bytes is not None else self.config.server.shm_size
-            fd, kind = wire.shm_memfd("ivshmem"), "shm"
-            os.ftruncate(fd, size)
-        channel.enqueue(a.value, fd, kind)
+        fds = [self._new_fd(text) for text in a.attached]
+        kind = fd_kind_size(a.attached[0])[0] if fds else None
+        channel.enqueue(a.value, fds[0] if fds else None, kind, tuple(fds[1:]))
         return [{"send": {"to": a.endpoint, "value": a.value, "fd": a.fd}}]
+
+    def _new_fd(self, text: str) -> int:
+        """A fresh descriptor of the kind ``server_send`` names (``model.actions.FD_KINDS``)."""
+        kind, size = fd_kind_size(text)
+        if size is None:
+            size = self.config.server.shm_size
+        if kind == "eventfd":
+            return wire.new_eventfd()
+        if kind == "pipe":
+            read_end, write_end = os.pipe()
+            self.pipe_ends.append(write_end)  # kept open, never written: reads block
+            return read_end
+        if kind == "devnull":
+            return os.open(os.devnull, os.O_RDWR)
+        if kind == "file":
+            fd, path = tempfile.mkstemp(prefix="ivshmem-file-", dir=self.workdir)
+            os.unlink(path)
+        else:
+            fd = wire.shm_memfd("ivshmem")
+        os.ftruncate(fd, size)
+        if kind == "memfd-ro":
+            readonly = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+            os.close(fd)
+            return readonly
+        return fd
 
     def _server_exit(self, _a: ServerExit) -> list[Observation] | None:
         if not self.server_up:

@@ -38,6 +38,7 @@ class Queued:
     value: int
     fd: int | None  # ours until forwarded
     kind: str | None  # the model's fd kind: "eventfd", "shm", or another kind's name
+    extra: tuple[int, ...] = ()  # more fds in the same message (ours until forwarded)
 
 
 @dataclass
@@ -92,15 +93,19 @@ class Channel:
             got.append((message.value, kind))
         return got
 
-    def enqueue(self, value: int, fd: int | None, kind: str | None) -> None:
+    def enqueue(self, value: int, fd: int | None, kind: str | None,
+                extra: tuple[int, ...] = ()) -> None:
         """One message from the server, in the order it was sent."""
         if self.received == 1 and fd is None:
             self.own_id = value
         self.received += 1
-        if fd is not None and kind == "eventfd" and value >= 0:
-            if value == self.own_id:
-                self.own_eventfds.append(os.dup(fd))
-            elif self.use_standins:
+        if fd is not None and value >= 0 and value == self.own_id:
+            # the own vectors, in order, whatever a hostile server sent as their "eventfd"
+            self.own_eventfds.append(os.dup(fd))
+            if kind == "eventfd":
+                self.eventfd_dups.append(os.dup(fd))
+        elif fd is not None and kind == "eventfd" and value >= 0:
+            if self.use_standins:
                 vector = self.peer_fds_seen.get(value, 0)
                 self.peer_fds_seen[value] = vector + 1
                 standin = wire.new_eventfd()
@@ -110,7 +115,7 @@ class Channel:
             self.eventfd_dups.append(os.dup(fd))
         elif fd is None and value >= 0 and value != self.own_id and self.received > 2:
             self.peer_fds_seen.pop(value, None)  # a disconnect: its next fds start at vector 0
-        self.queue.append(Queued(value, fd, kind))
+        self.queue.append(Queued(value, fd, kind, extra))
 
     def close_upstream(self) -> None:
         if self.upstream is not None:
@@ -144,9 +149,10 @@ class Channel:
         for _ in range(min(count, len(self.queue))):
             queued = self.queue.popleft()
             with contextlib.suppress(OSError):
-                wire.send_msg(sock, queued.value, queued.fd)
-            if queued.fd is not None:
-                os.close(queued.fd)
+                wire.send_msg(sock, queued.value, queued.fd, queued.extra)
+            for fd in (queued.fd, *queued.extra):
+                if fd is not None:
+                    os.close(fd)
         if self.server_closed and not self.queue:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
@@ -188,7 +194,8 @@ class Channel:
 
     def close(self) -> None:
         for fd in [*self.own_eventfds, *self.eventfd_dups, *(s.fd for s in self.standins),
-                   *(q.fd for q in self.queue if q.fd is not None)]:
+                   *(q.fd for q in self.queue if q.fd is not None),
+                   *(fd for q in self.queue for fd in q.extra)]:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.own_eventfds, self.eventfd_dups, self.standins = [], [], []

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.executor.qemu.qtest import QemuGone, QemuTimeout, Qmp, QmpError, QTest
+from model.executor.wire import fd_kind_of
 from model.pci import REGISTERS
 from model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
 
@@ -45,14 +46,72 @@ PCI_COMMAND_MEMORY_MASTER = 0x0006
 ACPI_PCI_EJECT_PORT = 0xAE08  # PIIX4 ACPI hot-plug: write 1 << slot to eject
 # valgrind's memcheck reports an invalid read or write (use after free, out of bounds) that
 # glibc lets pass; the first one ends the process, so it is the step's outcome.
+# Children are followed so that a wrapper script (QEMU 10.0's, below) is checked through to
+# the QEMU it execs; the host's own programs QEMU may start (``exec:`` migration) are not.
 MEMCHECK = ("valgrind", "--tool=memcheck", "--error-exitcode=99", "--exit-on-first-error=yes",
-            "--undef-value-errors=no", "--trace-children=no", "-q")
+            "--undef-value-errors=no", "--trace-children=yes",
+            "--trace-children-skip=/bin/*,/usr/bin/*", "-q")
+
+# QEMUs known by version name (``--qemu 7.2|10.0``): 7.2 is Debian 12's package on PATH, 10.0
+# is Debian 13's, unpacked by ``scripts/install-qemu.sh 10.0`` into the cache with a wrapper
+# that runs it on its own libraries.
+QEMU_VERSIONS = ("7.2", "10.0")
+_VERSION = re.compile(r"QEMU emulator version (\d+)\.(\d+)")
 
 
-def qemu_binary(path: str | None = None) -> str | None:
-    """The QEMU to run: ``path`` if given, else ``qemu-system-x86_64`` on PATH."""
-    found = shutil.which(path or DEFAULT_QEMU)
+def qemu_cache() -> str:
+    """Where ``scripts/install-qemu.sh`` unpacks the QEMUs that are not the host's."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("IVSHMEM_QEMU_CACHE") or os.path.join(base, "ivshmem-model")
+
+
+def resolve_qemu(name: str | None = None) -> str:
+    """The executable for ``--qemu NAME``: ``7.2`` (or nothing) is ``qemu-system-x86_64`` on
+    PATH, ``10.0`` the cached wrapper, anything else a path or a command on PATH.  A name
+    that is not installed is a :class:`FileNotFoundError` that says how to install it."""
+    if name == "10.0":
+        wrapper = os.path.join(qemu_cache(), "qemu-10.0", "bin", DEFAULT_QEMU)
+        if not os.access(wrapper, os.X_OK):
+            raise FileNotFoundError(f"QEMU 10.0 is not installed ({wrapper} is missing): run "
+                                    "bash scripts/install-qemu.sh 10.0")
+        return wrapper
+    found = shutil.which(DEFAULT_QEMU if name in (None, "7.2") else str(name))
+    if found is None:
+        what = f"QEMU 7.2 ({DEFAULT_QEMU})" if name in (None, "7.2") else repr(name)
+        raise FileNotFoundError(f"{what} not found: run bash scripts/install-qemu.sh "
+                                "(--qemu takes 7.2, 10.0 or a path)")
+    if name == "7.2" and qemu_version(found) != "7.2":
+        raise FileNotFoundError(f"{found} is QEMU {qemu_version(found)}, not 7.2: give --qemu "
+                                "a path")
     return found
+
+
+def qemu_installed(name: str) -> bool:
+    """Whether ``resolve_qemu(name)`` finds a QEMU (for tests that skip without it)."""
+    try:
+        resolve_qemu(name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+_versions: dict[str, str] = {}
+
+
+def qemu_version(binary: str) -> str:
+    """``MAJOR.MINOR`` of the QEMU ``binary`` is, as it says itself (``--version``)."""
+    if binary not in _versions:
+        try:
+            text = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                                  timeout=START_TIMEOUT, check=False).stdout
+        except (OSError, subprocess.SubprocessError) as err:
+            raise FileNotFoundError(f"{binary} does not run: {err}") from None
+        found = _VERSION.search(text)
+        if found is None:
+            raise FileNotFoundError(f"{binary} --version does not name a QEMU version: "
+                                    f"{text.strip()[:80]!r}")
+        _versions[binary] = f"{found.group(1)}.{found.group(2)}"
+    return _versions[binary]
 
 
 def kvm_available() -> bool:
@@ -101,7 +160,12 @@ def classify_exit(status: int, stderr: list[str]) -> Outcome:
         return Outcome("crashed", f"heap: {heap.strip()}")
     if status < 0:
         name = signal.Signals(-status).name
-        return Outcome("aborted" if name == "SIGABRT" else "crashed", name)
+        if name != "SIGABRT":
+            return Outcome("crashed", name)
+        # abort() after an error message (kvm_mem_ioeventfd_add...): that message says why
+        said = [error_text(line) for line in stderr
+                if line.strip() and "warning:" not in line and not line.startswith("==")]
+        return Outcome("aborted", said[-1] if said else name)
     if status == 0:
         return Outcome("exited")
     errors = [error_text(line) for line in stderr if line.strip()]
@@ -459,8 +523,8 @@ class Machine:
         try:
             for obj in device.objects:
                 qmp.execute("object-add", **object_arguments(obj))
-            options: dict[str, Any] = dict(device.options)
-            qmp.execute("device_add", driver=device.driver, **options)
+            qmp.execute("device_add", driver=device.driver,
+                        **typed_options(qmp, device.driver, device.options))
         except QmpError as err:
             return str(err)
         except QemuTimeout:
@@ -545,18 +609,30 @@ def _run_state(pid: int) -> str:
         return ""
 
 
-def fd_kind_of(target: str) -> str:
-    if target == "anon_inode:[eventfd]":
-        return "eventfd"
-    if target.startswith("/memfd:"):
-        return "memfd"
-    if target.startswith("socket:"):
-        return "socket"
-    if target.startswith("pipe:"):
-        return "pipe"
-    if target.startswith("anon_inode:"):
-        return target[len("anon_inode:"):].strip("[]")
-    return "file"
+# Properties whose text form QEMU parses itself (``addr=4`` is slot 4; the number 4 would be
+# devfn 4), so they stay strings in ``device_add``.
+_TEXT_PROPERTIES = ("addr", "id")
+
+
+def typed_options(qmp: Qmp, driver: str, options: dict[str, str]) -> dict[str, Any]:
+    """``-device`` options as ``device_add`` arguments of the property's own type.  QEMU 7.2
+    turned QMP arguments into strings first and accepted ``"vectors": "1"``; QEMU 10.0
+    device_add visits them as typed JSON ("Parameter 'vectors' expects uint64"), so a bool
+    property takes true/false and an integer property a number, which 7.2 accepts too."""
+    listed = qmp.execute("device-list-properties", typename=driver) or []
+    kinds = {prop["name"]: str(prop.get("type", "")) for prop in listed}
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        kind = kinds.get(key, "str")
+        if key in _TEXT_PROPERTIES:
+            out[key] = value
+        elif kind == "bool" and value in ("on", "off"):
+            out[key] = value == "on"
+        elif kind.startswith(("uint", "int", "size")) and value.lstrip("-").isdigit():
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out
 
 
 def device_argument(device: DeviceSpec) -> str:
