@@ -27,6 +27,8 @@ UINT64_MAX = 2**64 - 1
 
 DEVICE_TYPES = ("ivshmem", "ivshmem-plain", "ivshmem-doorbell")
 MASTER_VALUES = ("on", "off", "auto")
+# memory-backend-memfd / -ram / -file, the object ``memdev`` names (``memdev_backend``)
+MEMORY_BACKENDS = ("memfd", "ram", "file")
 ACCESS_SIZES = (1, 2, 4, 8)
 
 
@@ -96,6 +98,8 @@ _PROP_KINDS: dict[str, str] = {
     "ioeventfd": "bool",
     "master": "master",
     "memdev_size": "size",
+    "memdev_backend": "backend",
+    "memdev_share": "bool",
     "size": "str",
     "msi": "bool",
     "shm": "str",
@@ -129,6 +133,12 @@ def _props(value: Any) -> tuple[tuple[str, PropValue], ...]:
             text = _str(raw, where)
             if text not in MASTER_VALUES:
                 raise TraceError(f"expected one of on, off, auto, got {json.dumps(raw)}", where)
+            items.append((key, text))
+        elif kind == "backend":
+            text = _str(raw, where)
+            if text not in MEMORY_BACKENDS:
+                raise TraceError(f"expected one of {', '.join(MEMORY_BACKENDS)}, got "
+                                 f"{json.dumps(raw)}", where)
             items.append((key, text))
         else:
             items.append((key, _str(raw, where)))

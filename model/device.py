@@ -992,8 +992,12 @@ class DeviceType:
 
 DEVICE_TYPES: dict[str, DeviceType] = {
     # seed 1080-1085, 1087-1092
-    "ivshmem-plain": DeviceType("ivshmem-plain", (("master", "off"), ("memdev_size", None)),
-                                0, 0),
+    "ivshmem-plain": DeviceType(
+        "ivshmem-plain",
+        (("master", "off"), ("memdev_size", None), ("memdev_backend", "memfd"),
+         ("memdev_share", True)),
+        0, 0,
+    ),
     # seed 1144-1151, 1153-1160
     "ivshmem-doorbell": DeviceType(
         "ivshmem-doorbell",
@@ -1050,6 +1054,9 @@ def realize_device(
         if key not in known:
             return None, f"Property '{device_type}.{key}' not found"
     values = {**known, **props}
+    memdev_error = memory_backend_complete(values)
+    if memdev_error is not None:
+        return None, memdev_error
     features = dtype.features
     if device_type != "ivshmem-plain" and values["ioeventfd"]:
         features |= 1 << IVSHMEM_IOEVENTFD
@@ -1081,6 +1088,19 @@ def realize_device(
         return None, errp.msg
     kvm_ioeventfds_commit(s)  # the guest maps BAR0
     return s, None
+
+
+def memory_backend_complete(values: dict[str, object]) -> str | None:
+    """Creating the memdev (``-object memory-backend-*``, before the device): a memfd backend
+    maps its memfd through ``qemu_ram_alloc_from_fd``, which wants the file as large as the
+    page-aligned size (physmem.c 7.2); the ram and file backends round the size up."""
+    size = values.get("memdev_size")
+    if not isinstance(size, int) or values.get("memdev_backend") != "memfd":
+        return None
+    aligned = -(-size // PAGE_SIZE) * PAGE_SIZE
+    if size < aligned:
+        return f"backing store size {size:#x} does not match 'size' option {aligned:#x}"
+    return None
 
 
 def _as_int(value: object) -> int:

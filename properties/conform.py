@@ -30,11 +30,13 @@ from typing import Any
 from model.actions import (
     CONFIG_REGISTERS,
     CONFORMANCE_FORMAT,
+    MEMORY_BACKENDS,
     Action,
     Config,
     ConfigRead,
     ConfigWrite,
     Counterexample,
+    Realize,
     ServerSend,
     ShmRead,
     ShmWrite,
@@ -351,7 +353,12 @@ def off_menu_action(state: SystemState, rng: random.Random) -> Action | None:
         extra = tuple(rng.choice(HOSTILE_FDS[1:]) for _ in range(rng.choice((0, 0, 0, 1, 2))))
         return ServerSend(e, rng.choice(HOSTILE_VALUES), rng.choice(HOSTILE_FDS), extra)
     if device is None:
-        return None
+        if state.endpoints[e].role != "qemu" or rng.random() < 0.5:
+            return None
+        props = (("memdev_backend", rng.choice(MEMORY_BACKENDS)),
+                 ("memdev_share", rng.random() < 0.5),
+                 ("memdev_size", rng.choice((4096, 5000, 12288, 65536))))
+        return Realize(e, "ivshmem-plain", props, hotplug=rng.random() < 0.5)
     kind = rng.randrange(4)
     if kind == 0:
         return ConfigRead(e, rng.choice(CONFIG_REGISTERS))

@@ -118,17 +118,25 @@ class BackendRun:
         return out
 
 
-def device_spec(action: Realize, endpoint: int) -> DeviceSpec:
-    """The model's ``realize`` props as QEMU's ``-device`` options (design §3 names)."""
+def device_spec(action: Realize, memdev_id: str) -> DeviceSpec:
+    """The model's ``realize`` props as QEMU's ``-device`` options (design §3 names); a memdev
+    is a fresh memory backend object called ``memdev_id``."""
     options: dict[str, str] = {"id": "dev0", "addr": "4"}
     objects: list[str] = []
+    size = action.prop("memdev_size")
+    if size is not None:
+        backend = action.prop("memdev_backend", "memfd")
+        share = "on" if action.prop("memdev_share", True) else "off"
+        extra = f",mem-path={memdev_id}.mem" if backend == "file" else ""
+        objects.append(f"memory-backend-{backend},id={memdev_id},size={size},share={share}"
+                       f"{extra}")
+        options["memdev"] = memdev_id
     for key, value in action.props:
+        if key.startswith("memdev_"):
+            continue
         if key == "chardev":
             if value is True:
                 options["chardev"] = "c0"
-        elif key == "memdev_size":
-            objects.append(f"memory-backend-memfd,id=m{endpoint},size={value},share=on")
-            options["memdev"] = f"m{endpoint}"
         elif isinstance(value, bool):
             options[key] = "on" if value else "off"
         else:
@@ -186,6 +194,7 @@ class _Session:
         self.held: dict[tuple[int, int], list[list[Observation]]] = {}
         self.started = 0  # QEMU processes started (their sockets need distinct names)
         self.pipe_ends: list[int] = []  # write ends of the pipes sent as fds
+        self.memdevs = 0  # memory backends created (each realize has its own)
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -423,7 +432,8 @@ class _Session:
         chardev = a.prop("chardev") is True
         if chardev and not channel.connected:
             return None
-        spec = device_spec(a, e)
+        self.memdevs += 1
+        spec = device_spec(a, f"m{self.memdevs}")
         hotplug = getattr(a, "hotplug", False)
         if running is None:
             self.started += 1
