@@ -1,6 +1,6 @@
 """The QEMU side of the command line: ``run``/``replay --backend qemu`` and ``conform``.
 
-``conform`` runs traces on the model (variant ``qemu-7.2``) and on QEMU and prints the first
+``conform`` runs traces on the model (variant ``qemu-<version>``) and on QEMU and prints the first
 step where they differ; ``replay --backend qemu`` confirms counterexamples on QEMU and, with
 ``--update``, records what QEMU did in each file (its ``qemu`` field, by QEMU version).
 """
@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from model.actions import (
+    CONFORMANCE_FORMAT,
     COUNTEREXAMPLE_FORMAT,
     TraceError,
     load_counterexample,
     load_json_file,
     load_trace,
 )
-from model.executor.qemu.backend import QemuBackend
-from properties.conform import confirm, conform, violated_step
+from model.executor.qemu.backend import BackendRun, QemuBackend
+from model.variants import VARIANTS
+from properties.conform import comparable, confirm, conform, violated_step
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -29,8 +31,9 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("model", "qemu"), default="model",
                         help="who runs the trace (default: %(default)s)")
-    parser.add_argument("--qemu", default=None, metavar="PATH",
-                        help="the qemu-system-x86_64 to run (default: the one on PATH)")
+    parser.add_argument("--qemu", default=None, metavar="7.2|10.0|PATH",
+                        help="the QEMU to run: 7.2 (qemu-system-x86_64 on PATH, the default), "
+                             "10.0 (unpacked by scripts/install-qemu.sh 10.0) or a path")
     parser.add_argument("--kvm", action="store_true",
                         help="run QEMU under KVM (the irqfd path); default TCG unless the "
                              "trace's host has kvm_msi_irqfd")
@@ -43,6 +46,15 @@ def backend_from(args: argparse.Namespace) -> QemuBackend:
         return QemuBackend(args.qemu, kvm=args.kvm, memcheck=args.memcheck)
     except FileNotFoundError as err:
         raise TraceError(str(err)) from None
+
+
+def model_variant(args: argparse.Namespace, backend: QemuBackend) -> str:
+    """``--variant``, or the variant named after the QEMU that runs (``qemu-10.0`` on QEMU
+    10.0), or ``qemu-7.2`` when the model has no variant for that version."""
+    if args.variant:
+        return str(args.variant)
+    own = f"qemu-{backend.version}"
+    return own if own in VARIANTS else "qemu-7.2"
 
 
 def _compact(obj: Any) -> str:
@@ -73,7 +85,7 @@ def run_on_qemu(args: argparse.Namespace) -> int:
 def replay_on_qemu(args: argparse.Namespace, files: list[Path]) -> int:
     """Confirm every entry the variant violates; exit 1 if QEMU does not reproduce one."""
     backend = backend_from(args)
-    variant = args.variant or "qemu-7.2"
+    variant = model_variant(args, backend)
     worst = EXIT_OK
     report = []
     for path in files:
@@ -111,6 +123,19 @@ def record_on_file(path: Path, version: str, record: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def record_case(path: Path, version: str, run: BackendRun, kvm: bool) -> None:
+    """Write what QEMU ``version`` showed at each step (the comparable observations) into a
+    conformance case's ``qemu`` field; other files are left alone."""
+    obj = load_json_file(str(path))
+    if obj.get("format") != CONFORMANCE_FORMAT or run.unsupported is not None:
+        return
+    obj.setdefault("qemu", {})[version] = [
+        {"enabled": s.enabled, "observations": comparable(s.observations, kvm)}
+        for s in run.steps
+    ]
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
 def cmd_conform(args: argparse.Namespace) -> int:
     if args.generate is not None:
         return generated_campaign(args)
@@ -129,8 +154,11 @@ def cmd_conform(args: argparse.Namespace) -> int:
         except TraceError as err:
             print(f"ERROR {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        verdict = conform(trace, backend, args.variant)
+        verdict = conform(trace, backend, model_variant(args, backend))
         counts[verdict.verdict] += 1
+        if args.update and verdict.qemu_run is not None:
+            record_case(path, backend.version, verdict.qemu_run,
+                        backend.force_kvm or trace.config.host.kvm_msi_irqfd)
         report.append({"file": str(path), **verdict.to_json()})
         if not args.json:
             print(f"{verdict.verdict:<11} {path}" + ("" if verdict.verdict == "agree"
@@ -158,14 +186,15 @@ def generated_campaign(args: argparse.Namespace) -> int:
     chosen = [c for c in embedded_configs() if not args.config or c.name in args.config]
     if not chosen:
         raise TraceError(f"no embedded configuration named {', '.join(args.config)}", "--config")
+    variant = model_variant(args, backend)
     results = campaign([c.config for c in chosen], args.generate, args.length, args.seed,
-                       backend, args.variant)
+                       backend, variant)
     counts = {"agree": 0, "differ": 0, "unsupported": 0}
     out = Path(args.out)
     for index, (trace, verdict) in enumerate(results):
         counts[verdict.verdict] += 1
         if verdict.verdict == "differ":
-            small = shrink(trace, backend, args.variant)
+            small = shrink(trace, backend, variant)
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"differ-seed{args.seed}-{index}.json"
             path.write_text(json.dumps(small.to_json(), indent=2) + "\n", encoding="utf-8")
@@ -189,8 +218,12 @@ def add_subcommands(sub: Any) -> None:
                       help="only this embedded configuration (repeatable)")
     conf.add_argument("--out", default="conform-out", metavar="DIR",
                       help="where shrunk differences are written (default: %(default)s)")
-    conf.add_argument("--variant", default="qemu-7.2",
-                      help="the model's variant (default: %(default)s)")
+    conf.add_argument("--variant", default=None,
+                      help="the model's variant (default: the one named after the QEMU that "
+                           "runs, qemu-7.2 or qemu-10.0)")
     conf.add_argument("--json", action="store_true", help="machine-readable output")
+    conf.add_argument("--update", action="store_true",
+                      help="record what QEMU showed in each conformance case (its qemu field, "
+                           "under the QEMU's version)")
     add_backend_options(conf)
     conf.set_defaults(func=cmd_conform)

@@ -368,6 +368,16 @@ class ShmWrite(Action):
     size: int = 4
 
 
+@dataclass(frozen=True, slots=True)
+class FdCount(Action):
+    """An extension: the descriptors the endpoint's process holds for the device and its
+    peers, by kind as ``/proc/PID/fd`` names them (``eventfd``, ``memfd``, ``file``,
+    ``pipe``) -> ``{"fds": {kind: count}}``.  On QEMU: counted beyond a QEMU with no device."""
+
+    name: ClassVar[str] = "fd_count"
+    endpoint: int
+
+
 CONFIG_REGISTERS = (
     "id", "command", "status", "class", "bar0", "bar1", "bar2", "bar3", "subsystem",
     "interrupt_line", "interrupt_pin", "msix_control",
@@ -400,7 +410,7 @@ ACTION_TYPES: dict[str, type[Action]] = {
     for cls in (
         Connect, Disconnect, ServerSend, ServerExit, Realize, Deliver, MmioRead, MmioWrite,
         Ring, MsixEnable, MsixFunctionMask, MsixMask, PbaRead, HandleIrq, ClientNotify, Reset,
-        Unplug, Migrate, ShmRead, ShmWrite, ConfigRead, ConfigWrite,
+        Unplug, Migrate, ShmRead, ShmWrite, ConfigRead, ConfigWrite, FdCount,
     )
 }
 

@@ -46,6 +46,7 @@ from model.state import (
     MSIVector,
     Peer,
 )
+from model.variants import Variant
 
 IVSHMEM_MAX_PEERS = 0xFFFF  # seed 42
 NULL_PEER = Peer(block=NULL)
@@ -578,7 +579,8 @@ def process_msg_shmem(s: IVShmemState, fd: int, errp: Errp) -> None:
         size = s.legacy_size
     # mmap the region and map into the BAR2 (memory_region_init_ram_from_fd, seed 544-549);
     # on failure the fd is not closed.
-    error = qemu_ram_alloc_from_fd_error(size, obj.size if obj.kind in SIZED_FD_KINDS else 0)
+    error = qemu_ram_alloc_from_fd_error(size, obj.size if obj.kind in SIZED_FD_KINDS else 0,
+                                         s.proc.variant)
     if error is None and obj.kind == "memfd-ro":
         # file_ram_alloc maps the fd shared and writable: EACCES on a read-only open file
         error = "unable to map backing store for guest RAM: Permission denied"
@@ -594,10 +596,15 @@ def process_msg_shmem(s: IVShmemState, fd: int, errp: Errp) -> None:
     s.bar2_size = size
 
 
-def qemu_ram_alloc_from_fd_error(size: int, file_size: int) -> str | None:
-    """The size checks of ``qemu_ram_alloc_from_fd`` / ``file_ram_alloc`` (exec.c)."""
+def qemu_ram_alloc_from_fd_error(size: int, file_size: int, variant: Variant,
+                                 region: str = "ivshmem.bar2") -> str | None:
+    """The size checks of ``qemu_ram_alloc_from_fd`` / ``file_ram_alloc`` (exec.c, later
+    physmem.c); ``region`` is the memory region's name, which QEMU 10.0's text carries."""
     aligned = -(-size // PAGE_SIZE) * PAGE_SIZE
     if 0 < file_size < aligned:
+        if variant.ram_fd_size_error_with_offset:
+            return (f"{region} backing store size {file_size:#x} is too small for 'size' "
+                    f"option {aligned:#x} plus 'offset' option 0x0")
         return (
             f"backing store size {file_size:#x} does not match 'size' option {aligned:#x}"
         )
@@ -1040,7 +1047,7 @@ def is_power_of_2(value: int) -> bool:
 
 
 def realize_device(
-    proc: Proc, device_type: str, props: dict[str, object]
+    proc: Proc, device_type: str, props: dict[str, object], memdev: str = "m0-1"
 ) -> tuple[IVShmemState | None, str | None]:
     """``-device TYPE,props``: property parsing, instance_init, then the type's realize.
 
@@ -1054,7 +1061,7 @@ def realize_device(
         if key not in known:
             return None, f"Property '{device_type}.{key}' not found"
     values = {**known, **props}
-    memdev_error = memory_backend_complete(values)
+    memdev_error = memory_backend_complete(values, proc.variant, memdev)
     if memdev_error is not None:
         return None, memdev_error
     features = dtype.features
@@ -1090,17 +1097,41 @@ def realize_device(
     return s, None
 
 
-def memory_backend_complete(values: dict[str, object]) -> str | None:
+def memdev_created(device_type: str, props: dict[str, object], variant: Variant,
+                   name: str) -> tuple[str, ...]:
+    """The memory backend whose descriptor a realize leaves in the process: ``(backend,)`` or
+    ``()``.  A memfd backend that fails keeps its memfd all the same:
+    ``memfd_backend_memory_alloc`` (backends/hostmem-memfd.c 47-60, QEMU 7.2) does not close
+    it when ``memory_region_init_ram_from_fd`` fails (seen on 7.2.22: one memfd more)."""
+    if device_type != "ivshmem-plain" or "memdev_size" not in props:
+        return ()
+    values = {**dict(DEVICE_TYPES[device_type].defaults), **props}
+    backend = str(values["memdev_backend"])
+    if backend != "memfd" and memory_backend_complete(values, variant, name) is not None:
+        return ()  # the object is finalized with its RAM block, which closes the file
+    return (backend,)
+
+
+def memdev_name(endpoint: int, created: int) -> str:
+    """The id of the next memory backend of an endpoint's process (the QEMU backend uses the
+    same ids): QEMU 10.0's errors name the region after it."""
+    return f"m{endpoint}-{created + 1}"
+
+
+def memory_backend_complete(values: dict[str, object], variant: Variant,
+                            name: str) -> str | None:
     """Creating the memdev (``-object memory-backend-*``, before the device): a memfd backend
     maps its memfd through ``qemu_ram_alloc_from_fd``, which wants the file as large as the
     page-aligned size (physmem.c 7.2); the ram and file backends round the size up."""
     size = values.get("memdev_size")
-    if not isinstance(size, int) or values.get("memdev_backend") != "memfd":
+    backend = values.get("memdev_backend")
+    if not isinstance(size, int):
         return None
-    aligned = -(-size // PAGE_SIZE) * PAGE_SIZE
-    if size < aligned:
-        return f"backing store size {size:#x} does not match 'size' option {aligned:#x}"
-    return None
+    if backend == "file" and variant.file_backend_whole_pages and size % PAGE_SIZE:
+        return "backend 'memory-backend-file' memory size must be multiple of 4 KiB"
+    if backend != "memfd":
+        return None
+    return qemu_ram_alloc_from_fd_error(size, size, variant, name)
 
 
 def _as_int(value: object) -> int:

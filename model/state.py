@@ -247,6 +247,8 @@ class Endpoint:
     irqfds: tuple[tuple[int, int], ...] = ()  # (virq, descriptor)
     fd_handlers: tuple[tuple[int, int], ...] = ()  # (descriptor, vector): qemu_set_fd_handler
     faults: tuple[Fault, ...] = ()
+    launched: bool = False  # a QEMU process runs (it realized a device, or tried a hot-plug)
+    memdevs: tuple[str, ...] = ()  # memory backends created in it (memdev_backend), in order
     _hash: int = _hash_slot()
 
 

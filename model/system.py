@@ -42,6 +42,7 @@ from model.actions import (
     Connect,
     Deliver,
     Disconnect,
+    FdCount,
     HandleIrq,
     Migrate,
     MmioRead,
@@ -151,6 +152,8 @@ class Work:
             irqfds=ep.irqfds if irqfds == ep.irqfds else irqfds,
             fd_handlers=ep.fd_handlers if fd_handlers == ep.fd_handlers else fd_handlers,
             faults=ep.faults if faults == ep.faults else faults,
+            launched=ep.launched,
+            memdevs=ep.memdevs,
         )
         self.obs.extend(proc.obs)
 
@@ -368,11 +371,15 @@ def _realize(state: SystemState, a: Realize) -> StepResult | None:
     work = Work(state)
     proc = work.proc(a.endpoint)
     try:
-        s, error = dev.realize_device(proc, a.device, dict(a.props))
+        memdev = dev.memdev_name(a.endpoint, len(ep.memdevs))
+        s, error = dev.realize_device(proc, a.device, dict(a.props), memdev)
     except WouldBlock:
         return None
     except (Abort, Crash, Exit, Hang) as exc:
         return work.finish(a.endpoint, proc, None, _fate_of(exc))
+    work.endpoints[a.endpoint] = replace(
+        ep, launched=True,
+        memdevs=ep.memdevs + dev.memdev_created(a.device, dict(a.props), state.variant, memdev))
     if s is None:
         proc.obs.append({"error": error})
         if a.hotplug or ep.unplugged:
@@ -699,6 +706,36 @@ def _migrate(state: SystemState, a: Migrate) -> StepResult | None:
     return _run_device(state, a.endpoint, dev.ivshmem_migrate)
 
 
+# How /proc/PID/fd names each kind of object (``readlink``): what ``fd_count`` reports.  The
+# scripted server's shared memory is a memfd, the contrib server's a POSIX shm file.
+PROC_FD_KIND = {"eventfd": "eventfd", "pipe": "pipe", "devnull": "file", "file": "file",
+                "memfd-ro": "memfd"}
+MEMDEV_FD_KIND = {"memfd": "memfd", "file": "file"}  # a ram backend holds no descriptor
+
+
+def _fd_count(state: SystemState, a: FdCount) -> StepResult | None:
+    """The descriptors the process holds for the device and its peers, by kind: every open
+    descriptor it owns, plus each memory backend's own (they outlive unplug)."""
+    ep = state.endpoints[a.endpoint]
+    if ep.role != "qemu" or not ep.launched or not _alive(ep):
+        return None
+    counts: dict[str, int] = {}
+    shm_kind = "file" if state.config.server.policy == "contrib" else "memfd"
+    for entry in state.fds:
+        if entry is not None and entry.open and entry.owner == a.endpoint:
+            obj = state.objects[entry.obj]
+            assert obj is not None
+            kind = shm_kind if obj.kind == "shm" else PROC_FD_KIND[obj.kind]
+            counts[kind] = counts.get(kind, 0) + 1
+    for backend in ep.memdevs:
+        if backend in MEMDEV_FD_KIND:
+            kind = MEMDEV_FD_KIND[backend]
+            counts[kind] = counts.get(kind, 0) + 1
+    work = Work(state)
+    work.obs.append({"fds": dict(sorted(counts.items()))})
+    return work.commit()
+
+
 HANDLERS: dict[type[Action], Callable[[SystemState, Any], StepResult | None]] = {
     Connect: _connect,
     Disconnect: _disconnect,
@@ -722,6 +759,7 @@ HANDLERS: dict[type[Action], Callable[[SystemState, Any], StepResult | None]] = 
     ShmWrite: _shm_write,
     ConfigRead: _config_read,
     ConfigWrite: _config_write,
+    FdCount: _fd_count,
 }
 
 
@@ -740,7 +778,8 @@ def step(state: SystemState, action: Action) -> StepResult | None:
 # Action types no menu instantiates: the guest's configuration space and shared memory, whose
 # values are unbounded and which change no seed state but the PCI core's.  Conformance
 # campaigns and Hypothesis' free rules draw them; the explorer does not.
-OFF_MENU: frozenset[type[Action]] = frozenset({ShmRead, ShmWrite, ConfigRead, ConfigWrite})
+OFF_MENU: frozenset[type[Action]] = frozenset(
+    {ShmRead, ShmWrite, ConfigRead, ConfigWrite, FdCount})
 
 
 def candidates(state: SystemState) -> Iterator[Action]:

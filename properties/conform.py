@@ -36,6 +36,7 @@ from model.actions import (
     ConfigRead,
     ConfigWrite,
     Counterexample,
+    FdCount,
     Realize,
     ServerSend,
     ShmRead,
@@ -118,7 +119,8 @@ def comparable(observations: list[Observation], kvm: bool) -> list[str]:
     """The observations both interpreters can make, as sorted canonical JSON strings."""
     out: list[str] = []
     for obs in observations:
-        (kind,) = obs.keys() & {"send", "read", "error", "msi", "fate", "irq", *UNOBSERVABLE}
+        (kind,) = obs.keys() & {"send", "read", "error", "msi", "fate", "irq", "fds",
+                                *UNOBSERVABLE}
         if kind in UNOBSERVABLE or (kind == "msi" and kvm):
             continue
         if kind == "fate":
@@ -241,6 +243,10 @@ def confirm(cx: Counterexample, backend: QemuBackend, variant: str = "qemu-7.2"
         record["verdict"] = "confirmed" if fate is not None else "consistent"
         if fate is not None:
             record["qemu"] = fate
+        elif cx.property == "fd_conservation" and at is not None:
+            held = _descriptors_held(cx, at, backend, variant)
+            if held is not None:
+                record.update(verdict="confirmed", qemu=held)
         return record
     if at is not None and verdict.step == at and not backend.memcheck \
             and verdict.model_run is not None \
@@ -252,6 +258,21 @@ def confirm(cx: Counterexample, backend: QemuBackend, variant: str = "qemu-7.2"
         return checked
     record.update(verdict="not reproduced", detail=str(verdict))
     return record
+
+
+def _descriptors_held(cx: Counterexample, at: int, backend: QemuBackend,
+                      variant: str) -> Observation | None:
+    """A leak made visible: the trace up to the violation, then ``fd_count`` on every
+    endpoint.  When QEMU holds the descriptors the model says it holds (the leaked one
+    included), ``{"fds": [per endpoint]}``; else ``None``."""
+    ends = tuple(FdCount(e) for e in range(cx.trace.config.endpoints))
+    probe = Trace(cx.trace.config, cx.trace.steps[:at + 1] + ends)
+    verdict = conform(probe, backend, variant)
+    if verdict.verdict != "agree" or verdict.qemu_run is None:
+        return None
+    counts = [o["fds"] for s in verdict.qemu_run.steps[at + 1:] for o in s.observations
+              if "fds" in o]
+    return {"fds": counts} if counts else None
 
 
 def _fate_at(run: BackendRun, at: int | None) -> Observation | None:
@@ -349,6 +370,8 @@ def off_menu_action(state: SystemState, rng: random.Random) -> Action | None:
     or shared memory: what the explorer's menus leave out, drawn for conformance."""
     e = rng.randrange(len(state.endpoints))
     device = state.endpoints[e].device
+    if state.endpoints[e].launched and rng.random() < 0.15:
+        return FdCount(e)
     if state.config.server.policy == "scripted" and (device is None or rng.random() < 0.3):
         extra = tuple(rng.choice(HOSTILE_FDS[1:]) for _ in range(rng.choice((0, 0, 0, 1, 2))))
         return ServerSend(e, rng.choice(HOSTILE_VALUES), rng.choice(HOSTILE_FDS), extra)

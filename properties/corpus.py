@@ -333,12 +333,17 @@ def on_qemu(cx: Counterexample) -> str:
     if not isinstance(record, dict) or not record:
         return "-"
     parts = []
-    for version, entry in sorted(record.items()):
+    for version, entry in sorted(record.items(), key=lambda item: _version_key(item[0])):
         verdict = entry.get("verdict", "?") if isinstance(entry, dict) else "?"
         fate = entry.get("qemu") if isinstance(entry, dict) else None
         shown = f" ({fate.get('fate')})" if isinstance(fate, dict) else ""
         parts.append(f"{version}: {verdict}{shown}")
     return ", ".join(parts)
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    """``"7.2"`` before ``"10.0"``: QEMU versions in release order."""
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
 
 
 def load_corpus(folder: str | Path) -> list[tuple[Path, Counterexample]]:
@@ -367,8 +372,8 @@ def readme_text(folder: str | Path) -> str:
         "*on QEMU*: what the real QEMU did with the trace (`ivshmem-model replay DIR --backend "
         "qemu`): *confirmed*, the same fate at the same step; *consistent*, every observable "
         "step agrees and the violated state is internal (KVM routes, descriptors); entries the "
-        "`qemu-7.2` variant holds are not run.  `conformance/` keeps the traces on which the "
-        "model once differed from QEMU, with what QEMU showed.",
+        "variant of that QEMU (`qemu-7.2`, `qemu-10.0`) holds are not run.  `conformance/` "
+        "keeps the traces on which the model once differed from QEMU, with what QEMU showed.",
         "",
         "| name | property | site | variants violated | found by | steps | minimal | on QEMU |",
         "|---|---|---|---|---|---|---|---|",

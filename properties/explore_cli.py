@@ -30,7 +30,8 @@ EXIT_OK, EXIT_BAD_INPUT = 0, 2
 def variant_help(default: str = "seed") -> str:
     """The ``--variant`` help text, naming every variant."""
     before = [name for name in VARIANTS if name.startswith("before-")]
-    return ("seed (the seed file as it is), qemu-7.2 (Debian's QEMU 7.2), fixed (our "
+    return ("seed (the seed file as it is), qemu-7.2 (Debian's QEMU 7.2), qemu-10.0 "
+            "(QEMU 10.0), fixed (our "
             "corrections), or before-COMMIT, a variant with one historical fix reverted: "
             f"{', '.join(before)} (default: {default})")
 

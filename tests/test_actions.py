@@ -50,6 +50,7 @@ EXAMPLES = [
     {"action": "shm_write", "endpoint": 1, "offset": 2, "value": 65535, "size": 2},
     {"action": "config_read", "endpoint": 0, "register": "bar2"},
     {"action": "config_write", "endpoint": 0, "register": "command", "value": 4},
+    {"action": "fd_count", "endpoint": 1},
 ]
 
 

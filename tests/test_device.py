@@ -94,11 +94,16 @@ def test_process_msg_shmem_without_fd() -> None:
 
 
 def test_qemu_ram_alloc_from_fd_sizes_are_qemus_texts() -> None:
-    assert qemu_ram_alloc_from_fd_error(0, 0) == (
+    from model.variants import QEMU_7_2, QEMU_10_0
+
+    assert qemu_ram_alloc_from_fd_error(0, 0, QEMU_7_2) == (
         "memory size 0x0 must be equal to or larger than page size 0x1000")
-    assert qemu_ram_alloc_from_fd_error(3000, 3000) == (
+    assert qemu_ram_alloc_from_fd_error(3000, 3000, QEMU_7_2) == (
         "backing store size 0xbb8 does not match 'size' option 0x1000")
-    assert qemu_ram_alloc_from_fd_error(4096, 4096) is None
+    assert qemu_ram_alloc_from_fd_error(3000, 3000, QEMU_10_0) == (
+        "ivshmem.bar2 backing store size 0xbb8 is too small for 'size' option 0x1000 plus "
+        "'offset' option 0x0")
+    assert qemu_ram_alloc_from_fd_error(4096, 4096, QEMU_7_2) is None
 
 
 def test_master_must_have_id_0() -> None:

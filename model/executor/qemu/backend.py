@@ -17,6 +17,7 @@ Each action maps onto one real effect (``../shared/qemu-qtest-notes.md`` has the
 | ``handle_irq`` | the doorbells held for the endpoint's vector go into its eventfd |
 | ``shm_read``/``shm_write`` | qtest accesses to BAR2 |
 | ``config_read``/``config_write`` | configuration cycles (ports 0xCF8/0xCFC) to the register |
+| ``fd_count`` | ``/proc/PID/fd`` by kind, less a QEMU with no device |
 | ``reset`` | QMP ``system_reset`` (then the guest programs the device again) |
 | ``unplug`` | QMP ``device_del`` and the guest's ACPI eject |
 
@@ -43,6 +44,7 @@ from model.actions import (
     Connect,
     Deliver,
     Disconnect,
+    FdCount,
     HandleIrq,
     Migrate,
     MmioRead,
@@ -62,6 +64,7 @@ from model.actions import (
     Unplug,
     fd_kind_size,
 )
+from model.device import memdev_name
 from model.executor import wire
 from model.executor.qemu.channel import Channel
 from model.executor.qemu.machine import (
@@ -76,6 +79,8 @@ from model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
 
 Observation = dict[str, Any]
 DOORBELL = 12
+COUNTED_FD_KINDS = ("eventfd", "memfd", "file", "pipe")  # what fd_count reports
+FD_SETTLE = 3.0  # seconds at most for QEMU's deferred closes to happen
 IRQ_WAIT = 0.3  # seconds for QEMU (or KVM) to consume an eventfd the backend wrote
 
 
@@ -118,16 +123,16 @@ class BackendRun:
         return out
 
 
-def device_spec(action: Realize, memdev_id: str) -> DeviceSpec:
+def device_spec(action: Realize, memdev_id: str, serial: str = "") -> DeviceSpec:
     """The model's ``realize`` props as QEMU's ``-device`` options (design §3 names); a memdev
-    is a fresh memory backend object called ``memdev_id``."""
+    is a fresh memory backend object called ``memdev_id`` (a file one in a file of its own)."""
     options: dict[str, str] = {"id": "dev0", "addr": "4"}
     objects: list[str] = []
     size = action.prop("memdev_size")
     if size is not None:
         backend = action.prop("memdev_backend", "memfd")
         share = "on" if action.prop("memdev_share", True) else "off"
-        extra = f",mem-path={memdev_id}.mem" if backend == "file" else ""
+        extra = f",mem-path={memdev_id}.{serial}.mem" if backend == "file" else ""
         objects.append(f"memory-backend-{backend},id={memdev_id},size={size},share={share}"
                        f"{extra}")
         options["memdev"] = memdev_id
@@ -155,10 +160,26 @@ class QemuBackend:
         self.force_kvm = kvm
         self.version = version or qemu_version(self.binary)
         self.memcheck = memcheck
+        self._baselines: dict[bool, dict[str, int]] = {}
 
     @property
     def name(self) -> str:
         return f"qemu-{self.version}"
+
+    def baseline_fds(self, kvm: bool) -> dict[str, int]:
+        """The descriptors of a QEMU started like the endpoints' but with no device, by kind
+        (measured once per accelerator): what ``fd_count`` does not count."""
+        if kvm not in self._baselines:
+            with tempfile.TemporaryDirectory(prefix="ivshmem-qemu-") as workdir:
+                machine = Machine(workdir, "base", self.binary, kvm, self.memcheck)
+                try:
+                    machine.launch(None, None)
+                    machine.attach()
+                    machine.sync()
+                    self._baselines[kvm] = machine.fd_kinds()
+                finally:
+                    machine.kill()
+        return self._baselines[kvm]
 
     def run(self, trace: Trace) -> BackendRun:
         started = time.monotonic()
@@ -194,7 +215,9 @@ class _Session:
         self.held: dict[tuple[int, int], list[list[Observation]]] = {}
         self.started = 0  # QEMU processes started (their sockets need distinct names)
         self.pipe_ends: list[int] = []  # write ends of the pipes sent as fds
-        self.memdevs = 0  # memory backends created (each realize has its own)
+        # memory backends created per endpoint process (each realize has its own, named as
+        # the model names them: model.device.memdev_name)
+        self.memdevs = [0] * self.config.endpoints
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -369,6 +392,7 @@ class _Session:
         self.channels[a.endpoint] = Channel(self.workdir, f"{a.endpoint}.{id(channel)}",
                                             channel.use_standins)
         self.machines[a.endpoint] = None
+        self.memdevs[a.endpoint] = 0
         return []
 
     def _server_send(self, a: ServerSend) -> list[Observation] | None:
@@ -432,15 +456,19 @@ class _Session:
         chardev = a.prop("chardev") is True
         if chardev and not channel.connected:
             return None
-        self.memdevs += 1
-        spec = device_spec(a, f"m{self.memdevs}")
+        spec = device_spec(a, memdev_name(e, self.memdevs[e]), f"{self.started}")
+        if a.prop("memdev_size") is not None:
+            self.memdevs[e] += 1
         hotplug = getattr(a, "hotplug", False)
         if running is None:
             self.started += 1
             machine = Machine(self.workdir, f"q{self.started}", self.backend.binary, self.kvm,
                               self.backend.memcheck)
             self.machines[e] = machine
-            machine.launch(channel.path if chardev else None, None if hotplug else spec)
+            # The chardev is always there, so a doorbell can be hot-plugged into a process
+            # that started with another device; it reaches our channel, which holds the
+            # server's messages until the trace's realize or deliver.
+            machine.launch(channel.path, None if hotplug else spec)
             if chardev:
                 self._forward_setup(e, machine)
             machine.attach()
@@ -559,6 +587,24 @@ class _Session:
         machine.config_write(a.register, a.value)
         machine.sync()
         return []
+
+    def _fd_count(self, a: FdCount) -> list[Observation] | None:
+        machine = self._machine(a.endpoint)
+        if machine is None:
+            return None
+        machine.sync()
+        # QEMU closes some descriptors later, from its RCU thread (a RAM block's fd after
+        # unplug): count once two readings 0.25 s apart agree.
+        held, deadline = machine.fd_kinds(), time.monotonic() + FD_SETTLE
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            again = machine.fd_kinds()
+            if again == held:
+                break
+            held = again
+        base = self.backend.baseline_fds(self.kvm)
+        counts = {kind: held.get(kind, 0) - base.get(kind, 0) for kind in COUNTED_FD_KINDS}
+        return [{"fds": {kind: n for kind, n in sorted(counts.items()) if n}}]
 
     def _handle_irq(self, a: HandleIrq) -> list[Observation] | None:
         e, v = a.endpoint, a.vector
