@@ -29,6 +29,8 @@ DEVICE_TYPES = ("ivshmem", "ivshmem-plain", "ivshmem-doorbell")
 MASTER_VALUES = ("on", "off", "auto")
 # memory-backend-memfd / -ram / -file, the object ``memdev`` names (``memdev_backend``)
 MEMORY_BACKENDS = ("memfd", "ram", "file")
+# the chardev ``chardev: true`` names (``chardev_backend``): the socket to the server, or null
+CHARDEV_BACKENDS = ("socket", "null")
 ACCESS_SIZES = (1, 2, 4, 8)
 
 
@@ -99,6 +101,7 @@ _PROP_KINDS: dict[str, str] = {
     "master": "master",
     "memdev_size": "size",
     "memdev_backend": "backend",
+    "chardev_backend": "chardev",
     "memdev_share": "bool",
     "size": "str",
     "msi": "bool",
@@ -133,6 +136,12 @@ def _props(value: Any) -> tuple[tuple[str, PropValue], ...]:
             text = _str(raw, where)
             if text not in MASTER_VALUES:
                 raise TraceError(f"expected one of on, off, auto, got {json.dumps(raw)}", where)
+            items.append((key, text))
+        elif kind == "chardev":
+            text = _str(raw, where)
+            if text not in CHARDEV_BACKENDS:
+                raise TraceError(f"expected one of {', '.join(CHARDEV_BACKENDS)}, got "
+                                 f"{json.dumps(raw)}", where)
             items.append((key, text))
         elif kind == "backend":
             text = _str(raw, where)

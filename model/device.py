@@ -108,9 +108,9 @@ class IVShmemState(PCIDevice):
     """Mutable mirror of ``IVShmemState`` (seed 83-122)."""
 
     __slots__ = (
-        "_frozen", "bar2", "bar2_64bit", "bar2_fd", "bar2_size", "chardev", "endpoint",
-        "features", "hostmem", "hostmem_data", "interrupt_pin", "intrmask", "intrstatus",
-        "ioeventfds", "irq_level", "legacy_size", "master", "migration_blocker",
+        "_frozen", "bar2", "bar2_64bit", "bar2_fd", "bar2_size", "chardev", "chardev_null",
+        "endpoint", "features", "hostmem", "hostmem_data", "interrupt_pin", "intrmask",
+        "intrstatus", "ioeventfds", "irq_level", "legacy_size", "master", "migration_blocker",
         "msg_buffered_bytes", "msi_vectors", "msi_vectors_block", "nb_peers", "peers",
         "peers_block", "realizing", "type", "vectors", "vm_id",
     )
@@ -145,6 +145,7 @@ class IVShmemState(PCIDevice):
         self.migration_blocker = d.migration_blocker
         self.ioeventfds = list(d.ioeventfds)
         self.realizing = False  # BAR0 is mapped only once realize is over
+        self.chardev_null = False  # chardev_backend "null" (realize only: it never completes)
         if d.msix.notifiers:
             self.msix_vector_use_notifier = ivshmem_vector_unmask
             self.msix_vector_release_notifier = ivshmem_vector_mask
@@ -682,14 +683,16 @@ INT64_MIN = -(2**63)
 
 
 def ivshmem_recv_msg(s: IVShmemState, errp: Errp) -> tuple[int, int]:
-    """Seed 655-676: a blocking read of one message from the chardev."""
-    if not s.proc.world.channel(s.endpoint):
-        if not s.proc.world.server_up:
+    """Seed 655-676: a blocking read of one message from the chardev.  A null chardev has no
+    synchronous read: ``qemu_chr_fe_read_all`` returns 0 at once, as on a closed socket."""
+    if s.chardev_null or not s.proc.world.channel(s.endpoint):
+        if s.chardev_null or not s.proc.world.server_up:
             if s.proc.variant.recv_msg_eof_is_error:
                 errp.set("read from server failed: Connection reset by peer")
                 return INT64_MIN, -1
             # qemu_chr_fe_read_all returns 0 on a closed socket; the loop never ends.
-            raise Hang("ivshmem_recv_msg: read returns 0 forever on a closed socket", 672)
+            where = "a null chardev" if s.chardev_null else "a closed socket"
+            raise Hang(f"ivshmem_recv_msg: read returns 0 forever on {where}", 672)
         raise WouldBlock
     msg, fd = s.proc.world.pop_message(s.endpoint)
     if fd >= 0:
@@ -1008,13 +1011,15 @@ DEVICE_TYPES: dict[str, DeviceType] = {
     # seed 1144-1151, 1153-1160
     "ivshmem-doorbell": DeviceType(
         "ivshmem-doorbell",
-        (("chardev", False), ("vectors", 1), ("ioeventfd", True), ("master", "off")),
+        (("chardev", False), ("chardev_backend", "socket"), ("vectors", 1),
+         ("ioeventfd", True), ("master", "off")),
         1 << IVSHMEM_MSI, SIZE_MAX,
     ),
     # seed 1256-1267
     "ivshmem": DeviceType(
         "ivshmem",
-        (("chardev", False), ("size", None), ("vectors", 1), ("ioeventfd", False),
+        (("chardev", False), ("chardev_backend", "socket"), ("size", None), ("vectors", 1),
+         ("ioeventfd", False),
          ("msi", True), ("shm", None), ("role", None), ("use64", 1)),
         0, 0,
     ),
@@ -1083,6 +1088,7 @@ def realize_device(
     )
     s = IVShmemState(proc, device)
     s.realizing = True
+    s.chardev_null = values.get("chardev_backend") == "null" and device.chardev
     errp = Errp()
     if device_type == "ivshmem-plain":
         ivshmem_plain_realize(s, errp)

@@ -365,7 +365,7 @@ def _realize(state: SystemState, a: Realize) -> StepResult | None:
     ep = state.endpoints[a.endpoint]
     if ep.role != "qemu" or not _alive(ep) or ep.device is not None:
         return None
-    chardev = a.prop("chardev") is True
+    chardev = a.prop("chardev") is True and a.prop("chardev_backend", "socket") == "socket"
     if chardev and not ep.connected:
         return None
     work = Work(state)

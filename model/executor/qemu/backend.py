@@ -137,11 +137,12 @@ def device_spec(action: Realize, memdev_id: str, serial: str = "") -> DeviceSpec
                        f"{extra}")
         options["memdev"] = memdev_id
     for key, value in action.props:
-        if key.startswith("memdev_"):
+        if key.startswith("memdev_") or key == "chardev_backend":
             continue
         if key == "chardev":
             if value is True:
-                options["chardev"] = "c0"
+                null = action.prop("chardev_backend") == "null"
+                options["chardev"] = "n0" if null else "c0"
         elif isinstance(value, bool):
             options[key] = "on" if value else "off"
         else:
@@ -453,7 +454,7 @@ class _Session:
         running = self.machines[e]
         if self._dead(e) or (running is not None and running.device is not None):
             return None
-        chardev = a.prop("chardev") is True
+        chardev = a.prop("chardev") is True and a.prop("chardev_backend", "socket") == "socket"
         if chardev and not channel.connected:
             return None
         spec = device_spec(a, memdev_name(e, self.memdevs[e]), f"{self.started}")

@@ -230,6 +230,7 @@ class Machine:
         ]
         if chardev_path is not None:
             args += ["-chardev", f"socket,path={chardev_path},id=c0"]
+        args += ["-chardev", "null,id=n0"]  # for chardev_backend "null"
         if device is not None:
             for obj in device.objects:
                 args += ["-object", obj]
