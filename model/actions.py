@@ -387,6 +387,18 @@ class FdCount(Action):
     endpoint: int
 
 
+@dataclass(frozen=True, slots=True)
+class EventfdPoll(Action):
+    """An extension: is a doorbell pending on the eventfd the endpoint's device holds for
+    ``(peer, vector)`` (its counter non-zero) -> ``{"signalled": bool}``.  Enabled where the
+    device holds an open eventfd there."""
+
+    name: ClassVar[str] = "eventfd_poll"
+    endpoint: int
+    peer: int
+    vector: int
+
+
 CONFIG_REGISTERS = (
     "id", "command", "status", "class", "bar0", "bar1", "bar2", "bar3", "subsystem",
     "interrupt_line", "interrupt_pin", "msix_control",
@@ -419,7 +431,7 @@ ACTION_TYPES: dict[str, type[Action]] = {
     for cls in (
         Connect, Disconnect, ServerSend, ServerExit, Realize, Deliver, MmioRead, MmioWrite,
         Ring, MsixEnable, MsixFunctionMask, MsixMask, PbaRead, HandleIrq, ClientNotify, Reset,
-        Unplug, Migrate, ShmRead, ShmWrite, ConfigRead, ConfigWrite, FdCount,
+        Unplug, Migrate, ShmRead, ShmWrite, ConfigRead, ConfigWrite, FdCount, EventfdPoll,
     )
 }
 
@@ -508,7 +520,7 @@ def _check_field(cls: type[Action], key: str, value: Any) -> Any:
         return offset
     if key in ("enabled", "masked"):
         return _bool(value, key)
-    if key == "peer" or (key == "vector" and cls is Ring):
+    if key == "peer" or (key == "vector" and cls in (Ring, EventfdPoll)):
         return _int(value, key, 0, 0xFFFF)
     if key == "vector":
         return _int(value, key, 0, UINT32_MAX)

@@ -42,6 +42,7 @@ from model.actions import (
     Connect,
     Deliver,
     Disconnect,
+    EventfdPoll,
     FdCount,
     HandleIrq,
     Migrate,
@@ -81,6 +82,7 @@ from model.state import (
     FileObject,
     Server,
     SystemState,
+    sparse_get,
 )
 from model.variants import SEED, Variant
 
@@ -736,6 +738,31 @@ def _fd_count(state: SystemState, a: FdCount) -> StepResult | None:
     return work.commit()
 
 
+def _eventfd_poll(state: SystemState, a: EventfdPoll) -> StepResult | None:
+    """Whether a doorbell is pending on the eventfd in ``peers[peer].eventfds[vector]``: its
+    counter, which the owner's handler (or KVM's irqfd) resets at ``handle_irq``."""
+    ep = state.endpoints[a.endpoint]
+    device = ep.device
+    if not _device_ready(ep) or device is None or device.peers_block != "live":
+        return None
+    if not a.peer < device.nb_peers:
+        return None
+    peer = sparse_get(device.peers, a.peer, None)
+    if peer is None or peer.block != "live" or a.vector >= min(peer.nb_eventfds,
+                                                                len(peer.eventfds)):
+        return None
+    d = peer.eventfds[a.vector]
+    entry = state.fds[d] if 0 <= d < len(state.fds) else None
+    if entry is None or not entry.open:
+        return None
+    obj = state.objects[entry.obj]
+    if obj is None or obj.kind != "eventfd":
+        return None
+    work = Work(state)
+    work.obs.append({"signalled": obj.count > 0})
+    return work.commit()
+
+
 HANDLERS: dict[type[Action], Callable[[SystemState, Any], StepResult | None]] = {
     Connect: _connect,
     Disconnect: _disconnect,
@@ -760,6 +787,7 @@ HANDLERS: dict[type[Action], Callable[[SystemState, Any], StepResult | None]] = 
     ConfigRead: _config_read,
     ConfigWrite: _config_write,
     FdCount: _fd_count,
+    EventfdPoll: _eventfd_poll,
 }
 
 
@@ -779,7 +807,7 @@ def step(state: SystemState, action: Action) -> StepResult | None:
 # values are unbounded and which change no seed state but the PCI core's.  Conformance
 # campaigns and Hypothesis' free rules draw them; the explorer does not.
 OFF_MENU: frozenset[type[Action]] = frozenset(
-    {ShmRead, ShmWrite, ConfigRead, ConfigWrite, FdCount})
+    {ShmRead, ShmWrite, ConfigRead, ConfigWrite, FdCount, EventfdPoll})
 
 
 def candidates(state: SystemState) -> Iterator[Action]:

@@ -51,6 +51,7 @@ EXAMPLES = [
     {"action": "config_read", "endpoint": 0, "register": "bar2"},
     {"action": "config_write", "endpoint": 0, "register": "command", "value": 4},
     {"action": "fd_count", "endpoint": 1},
+    {"action": "eventfd_poll", "endpoint": 0, "peer": 3, "vector": 1},
 ]
 
 

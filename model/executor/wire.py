@@ -199,6 +199,25 @@ def read_kick(fd: int) -> int:
     return value
 
 
+def eventfd_field(fd: int, name: str, pid: int | str = "self") -> int | None:
+    """A field of an eventfd's ``/proc/PID/fdinfo`` (``eventfd-count`` in hex,
+    ``eventfd-id``), read without touching the counter; ``None`` if absent."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+            for line in info:
+                if line.startswith(name + ":"):
+                    text = line.split()[1]
+                    return int(text, 16) if name == "eventfd-count" else int(text)
+    except OSError:
+        return None
+    return None
+
+
+def eventfd_count(fd: int) -> int:
+    """An eventfd's counter, without consuming it (0 if ``fd`` is not an eventfd)."""
+    return eventfd_field(fd, "eventfd-count") or 0
+
+
 def fd_kind(fd: int) -> str:
     """What an fd is, from ``/proc/self/fd``: ``eventfd``, ``memfd``, ``socket``, ``pipe``..."""
     return fd_kind_of(os.readlink(f"/proc/self/fd/{fd}"))

@@ -68,6 +68,10 @@ class Channel:
         self.peer_fds_seen: dict[int, int] = {}
         self.standins: list[Standin] = []
         self.eventfd_dups: list[int] = []  # every eventfd handed to the endpoint (counters)
+        # what QEMU was handed, as the device files it: peer id -> our copies of the fds of
+        # its vectors 0, 1, ... (a message without fd for that peer, a disconnect, clears it)
+        self.delivered: dict[int, list[int]] = {}
+        self.forwarded = 0  # messages passed to QEMU (the first two: version and ID)
 
     # -- the server side -------------------------------------------------------------------------
 
@@ -148,6 +152,7 @@ class Channel:
             return
         for _ in range(min(count, len(self.queue))):
             queued = self.queue.popleft()
+            self._file(queued)
             with contextlib.suppress(OSError):
                 wire.send_msg(sock, queued.value, queued.fd, queued.extra)
             for fd in (queued.fd, *queued.extra):
@@ -156,6 +161,22 @@ class Channel:
         if self.server_closed and not self.queue:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
+
+    def _file(self, queued: Queued) -> None:
+        """Keep a copy of a peer fd QEMU is being handed, where the device will file it."""
+        self.forwarded += 1
+        if self.forwarded <= 2 or queued.value < 0:
+            return
+        if queued.fd is not None:
+            self.delivered.setdefault(queued.value, []).append(os.dup(queued.fd))
+        else:
+            for fd in self.delivered.pop(queued.value, []):
+                os.close(fd)
+
+    def pending_rings(self, peer: int, vector: int) -> int:
+        """Doorbells this endpoint rang to ``(peer, vector)`` not yet moved (a peek)."""
+        return sum(wire.eventfd_count(s.fd) for s in self.standins
+                   if s.peer == peer and s.vector == vector)
 
     def wait_read(self, alive: object = None) -> bool:
         """Until QEMU has read every byte sent (``TIOCOUTQ`` 0); False on timeout."""
@@ -198,6 +219,11 @@ class Channel:
                    *(fd for q in self.queue for fd in q.extra)]:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        for fds in self.delivered.values():
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.delivered.clear()
         self.own_eventfds, self.eventfd_dups, self.standins = [], [], []
         self.queue.clear()
         for sock in (self.upstream, self.qemu, self.listener):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.executor.qemu.qtest import QemuGone, QemuTimeout, Qmp, QmpError, QTest
-from model.executor.wire import fd_kind_of
+from model.executor.wire import eventfd_field, fd_kind_of
 from model.pci import REGISTERS
 from model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
 
@@ -576,6 +576,18 @@ class Machine:
             self.wait_exit(2.0)
             return
         self.setup_guest()
+
+    def eventfd_ids(self) -> set[int]:
+        """The kernel ids of the eventfds the process holds (``eventfd-id`` in fdinfo)."""
+        ids: set[int] = set()
+        if self.proc is None or self.proc.poll() is not None:
+            return ids
+        with contextlib.suppress(OSError):
+            for name in os.listdir(f"/proc/{self.proc.pid}/fdinfo"):
+                ident = eventfd_field(int(name), "eventfd-id", self.proc.pid)
+                if ident is not None:
+                    ids.add(ident)
+        return ids
 
     def fd_kinds(self) -> dict[str, int]:
         """Descriptors the process holds, counted by kind (``/proc/PID/fd``)."""
