@@ -396,13 +396,23 @@ def run_explore(args: argparse.Namespace) -> int:
                           f"depth {result.depth}")
 
         t0 = time.perf_counter()
-        if not 1 <= args.workers <= 8:
-            raise TraceError(f"expected 1 to 8, got {args.workers}", "--workers")
-        result = explore(named.config, variant,
-                         ExploreOptions(max_depth=depth, max_states=args.max_states,
-                                        time_limit=600.0, symmetry=args.symmetry,
-                                        workers=args.workers, coverage=args.coverage),
-                         progress)
+        if not 1 <= args.workers <= 512:
+            raise TraceError(f"expected 1 to 512, got {args.workers}", "--workers")
+        if args.resume and not args.checkpoint:
+            raise TraceError("--resume needs --checkpoint DIR", "--resume")
+        from properties.distributed import DistributedError
+
+        try:
+            result = explore(named.config, variant,
+                             ExploreOptions(max_depth=depth, max_states=args.max_states,
+                                            time_limit=600.0, symmetry=args.symmetry,
+                                            workers=args.workers, coverage=args.coverage,
+                                            ray=args.ray, checkpoint=args.checkpoint,
+                                            resume=args.resume),
+                             progress)
+        except DistributedError as err:
+            where = "--ray" if args.ray else "--checkpoint" if args.checkpoint else "--workers"
+            raise TraceError(str(err), where) from None
     report = {
         "config": named.name, "variant": variant.name, "states": result.states,
         "transitions": result.transitions, "depth": result.depth,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ivshmem_model.campaign_cli import add_subcommands as add_campaign_subcommands
 from ivshmem_model.conform_cli import add_backend_options, replay_on_qemu, run_on_qemu
 from ivshmem_model.conform_cli import add_subcommands as add_conform_subcommands
 from ivshmem_model.corpus_cli import add_subcommands as add_corpus_subcommands
@@ -201,7 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--max-states", type=int, default=200_000, help="state bound")
     explore.add_argument("--symmetry", action="store_true",
                          help="one state per orbit of interchangeable endpoints")
-    explore.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
+    explore.add_argument("--workers", type=int, default=1,
+                         help="partitions: more than 1 runs on Ray, started here unless --ray "
+                              "(default: 1, one process, no Ray)")
+    explore.add_argument("--ray", metavar="ADDRESS", default=None,
+                         help="a Ray cluster's address (ray start --head prints it)")
+    explore.add_argument("--checkpoint", metavar="DIR", default=None,
+                         help="save every completed level in DIR (runs on Ray)")
+    explore.add_argument("--resume", action="store_true",
+                         help="continue the run saved in --checkpoint DIR from its last level")
     explore.add_argument("--coverage", action="store_true",
                          help="report the seed functions and lines exercised (slow)")
     explore.add_argument("--json", action="store_true", help="machine-readable output")
@@ -233,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_subcommands(sub)
     add_conform_subcommands(sub)
     add_executor_subcommands(sub)
+    add_campaign_subcommands(sub)
     return parser
 
 

@@ -1098,9 +1098,20 @@ def realize_device(
         ivshmem_realize(s, values, errp)
     s.realizing = False
     if errp:
+        device_finalize(s)
         return None, errp.msg
     kvm_ioeventfds_commit(s)  # the guest maps BAR0
     return s, None
+
+
+def device_finalize(s: IVShmemState) -> None:
+    """A device whose realize failed is unparented and finalized (qdev ``device_add`` /
+    ``qdev_device_add``).  The server's shared memory became a RAM region owned by the device
+    (seed 544-549): it goes with it, and the RAM block closes the fd when it is reclaimed
+    (physmem.c ``reclaim_ramblock``).  Nothing else is undone: the peers' eventfds stay open.
+    Seen on QEMU 7.2.22: no descriptor is left after 'master must connect ...' on hot-plug."""
+    if s.bar2 == "server" and s.proc.world.is_open(s.bar2_fd):
+        s.proc.close(s.bar2_fd, "physmem.c reclaim_ramblock")
 
 
 def memdev_created(device_type: str, props: dict[str, object], variant: Variant,
@@ -1115,6 +1126,8 @@ def memdev_created(device_type: str, props: dict[str, object], variant: Variant,
     backend = str(values["memdev_backend"])
     if backend != "memfd" and memory_backend_complete(values, variant, name) is not None:
         return ()  # the object is finalized with its RAM block, which closes the file
+    if backend == "ram" and values.get("memdev_share") and variant.shared_ram_is_memfd:
+        return ("memfd",)  # shared anonymous RAM is a memfd since 10.0
     return (backend,)
 
 

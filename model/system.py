@@ -384,9 +384,10 @@ def _realize(state: SystemState, a: Realize) -> StepResult | None:
         memdevs=ep.memdevs + dev.memdev_created(a.device, dict(a.props), state.variant, memdev))
     if s is None:
         proc.obs.append({"error": error})
-        if a.hotplug or ep.unplugged:
-            # device_add into a running QEMU: the error goes back to the monitor, QEMU runs on
-            # (qdev_device_add's caller; a command-line -device failure exits instead).
+        if a.hotplug or ep.unplugged or ep.launched:
+            # device_add into a running QEMU (asked for, or the process already runs): the
+            # error goes back to the monitor, QEMU runs on (qdev_device_add's caller; a
+            # command-line -device failure exits instead).
             return work.finish(a.endpoint, proc, None)
         return work.finish(a.endpoint, proc, None, Fate("failed", error or ""))
     return work.finish(a.endpoint, proc, s.freeze(), unplugged=False)

@@ -76,7 +76,10 @@ ABSTRACTIONS: tuple[tuple[str, str], ...] = (
      "it once, when it is installed, the only run that can have an effect"),
     ("self-doorbells",
      "a device that rings its own ID has its handler run at once by QEMU's main loop; the "
-     "backend reports the effect at the trace's handle_irq step"),
+     "backend reports the effect at the trace's handle_irq step.  Known divergence (conform "
+     "--generate seed 43): while the vector is masked the handler sets its pending bit at "
+     "once, so an unmask before handle_irq fires the MSI on QEMU and not in the model; the "
+     "cure is to run a self-doorbell's handler in the ring step itself (next session)"),
     ("message order across endpoints",
      "the sends of one step are compared as a multiset: the server's order per peer is the "
      "model's, the interleaving between sockets is the kernel's"),
@@ -346,9 +349,16 @@ def random_walk(config: Config, length: int, rng: random.Random,
         choices = successors(state)
         if not choices:
             break
-        action, state, _obs = rng.choice(choices)
+        weights = [ENDING_WEIGHT if a.name in ENDINGS else 1.0 for a, _s, _o in choices]
+        action, state, _obs = rng.choices(choices, weights)[0]
         steps.append(action)
     return Trace(config, tuple(steps))
+
+
+# Actions that end a process or the server: drawn less often, so that walks get far enough
+# to exercise the device (with equal weights a third of the steps were these).
+ENDINGS = frozenset({"disconnect", "server_exit"})
+ENDING_WEIGHT = 0.15
 
 
 HOSTILE_VALUES = (-2, -1, 0, 1, 2, 16, 65535, 65536, 2**31, -(2**63))

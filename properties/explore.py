@@ -3,8 +3,9 @@
 Stateright's loop (style.md §1): a queue, a seen set that doubles as the parent map, the
 registry checked on each new state, the first (hence shortest) path kept per violated
 property and site.  Options live in one frozen :class:`ExploreOptions`, like ``CheckerBuilder``:
-depth and state bounds, a time limit, symmetry reduction (``properties/symmetry.py``), two
-worker processes, seed coverage (``properties/coverage.py``) and the explored graph.
+depth and state bounds, a time limit, symmetry reduction (``properties/symmetry.py``),
+partitions on Ray (``properties/distributed.py``) with checkpoints, seed coverage
+(``properties/coverage.py``) and the explored graph.
 
 Paths are actions only.  The queue holds the *concrete* states reached; the parent map is keyed
 by representative and stores the concrete action applied to the concrete parent, so a path is
@@ -13,20 +14,17 @@ before it is reported; a path that does not end in its violation (or witness) is
 counted in ``unconfirmed``.
 
 Known limits: bounded by depth, states and time, so "no violation" means none within the bounds
-(``complete`` says whether a bound cut the search).  With ``workers > 1`` states are
-deduplicated by their 64-bit hash (a collision would merge two states; paths are still
-replayed), bounds are checked once per level, and coverage and the graph are not recorded
-(those options fall back to one process).
+(``complete`` says whether a bound cut the search).  With ``workers > 1`` (or a Ray address,
+or a checkpoint folder) the search runs on Ray and gives the same states, transitions and paths;
+its bounds are checked once per level, and coverage and the graph are one-process options.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from model.actions import Action, Config, Trace
@@ -44,7 +42,10 @@ class ExploreOptions:
     max_states: int = 100_000
     time_limit: float = 60.0
     symmetry: bool = False  # store one state per orbit of interchangeable endpoints
-    workers: int = 1  # >1: level-synchronous BFS in forked worker processes
+    workers: int = 1  # >1: partitions on Ray (properties/distributed.py)
+    ray: str | None = None  # a Ray cluster's address; None: a local Ray when workers > 1
+    checkpoint: str | None = None  # a folder: save each completed level (Ray)
+    resume: bool = False  # continue from the checkpoint folder's last level
     coverage: bool = False  # record seed coverage (slow; one process)
     graph: bool = False  # keep the explored graph as a networkx.DiGraph (one process)
 
@@ -69,6 +70,7 @@ class ExploreResult:
     unconfirmed: int = 0  # paths dropped because their replay did not confirm them
     coverage: Any = None  # properties.coverage.Coverage when requested
     graph: Any = None  # networkx.DiGraph when requested: node ids, attrs state/depth/action
+    levels: list[Any] = field(default_factory=list)  # distributed: per-level costs (Level)
 
     @property
     def states_per_second(self) -> float:
@@ -148,8 +150,12 @@ def explore(
     progress: Callable[[ExploreResult, int], None] | None = None,
 ) -> ExploreResult:
     """Breadth-first search from the initial state of ``config`` under ``variant``."""
-    if options.workers > 1 and not (options.coverage or options.graph):
-        return _explore_parallel(config, variant, options, progress)
+    if options.coverage or options.graph:
+        options = replace(options, workers=1, ray=None, checkpoint=None)
+    if options.workers > 1 or options.ray or options.checkpoint:
+        from properties.distributed import explore_distributed
+
+        return explore_distributed(config, variant, options, progress)
     if options.coverage:
         from properties.coverage import Recorder
 
@@ -212,124 +218,3 @@ def _explore_one(
             result.complete = False
             break
     return search
-
-
-# ---------------------------------------------------------------------------------------------
-# Two processes: level-synchronous BFS.  Each worker keeps the states it produced; the parent
-# owns the seen set (by hash), decides which successors are new, assigns parents in a fixed
-# order (so paths are shortest) and moves states between workers to balance the next level.
-
-
-def _worker(conn: Connection, options: ExploreOptions, pending: list[SystemState]) -> None:
-    frontier: list[SystemState] = []
-    while True:
-        message = conn.recv()
-        if message[0] == "stop":
-            return
-        if message[0] == "accept":
-            _, accepted, give = message
-            frontier = [pending[i] for i in accepted]
-            pending = []
-            conn.send(frontier[len(frontier) - give:] if give else [])
-            frontier = frontier[:len(frontier) - give]
-            continue
-        _, incoming, expand = message  # "expand"
-        frontier.extend(incoming)
-        judged = [(i, found) for i, s in enumerate(frontier) if (found := violations(s))]
-        out: list[tuple[int, Action, int, list[str]]] = []
-        if expand:
-            for i, state in enumerate(frontier):
-                for action, nxt, obs in successors(state):
-                    key = representative(nxt) if options.symmetry else nxt
-                    out.append((i, action, hash(key), _witnessed(obs)))
-                    pending.append(nxt)
-        conn.send((judged, out))
-
-
-def _explore_parallel(
-    config: Config, variant: Variant, options: ExploreOptions,
-    progress: Callable[[ExploreResult, int], None] | None,
-) -> ExploreResult:
-    search = _Search(config, variant, options)
-    result, parents = search.result, search.parents
-    init = initial_state(config, variant)
-    key0 = hash(representative(init) if options.symmetry else init)
-    parents[key0] = None
-    result.states = 1
-    n = options.workers
-    context = multiprocessing.get_context("fork")
-    pipes = [context.Pipe() for _ in range(n)]
-    procs = [context.Process(target=_worker, args=(child, options, [init] if w == 0 else []),
-                             daemon=True)
-             for w, (_, child) in enumerate(pipes)]
-    for proc in procs:
-        proc.start()
-    conns = [parent for parent, _ in pipes]
-    # accepted[w]: indices into worker w's pending list, and their keys
-    accepted: list[list[int]] = [[0]] + [[] for _ in range(n - 1)]
-    keys: list[list[Key]] = [[] for _ in range(n)]
-    keys[0].append(key0)
-    depth = 0
-    try:
-        while any(accepted):
-            result.depth = depth
-            # balance: the richest workers give states to the poorest
-            counts = [len(a) for a in accepted]
-            target = -(-sum(counts) // n)
-            gives = [max(0, c - target) for c in counts]
-            for w, conn in enumerate(conns):
-                conn.send(("accept", accepted[w], gives[w]))
-            moved: list[SystemState] = []
-            moved_keys: list[Key] = []
-            for w, conn in enumerate(conns):
-                moved.extend(conn.recv())
-                if gives[w]:
-                    moved_keys.extend(keys[w][-gives[w]:])
-                    keys[w] = keys[w][:-gives[w]]
-            expand = depth < options.max_depth
-            for w, conn in enumerate(conns):
-                take = max(0, target - len(keys[w]))
-                conn.send(("expand", moved[:take], expand))
-                keys[w].extend(moved_keys[:take])
-                moved, moved_keys = moved[take:], moved_keys[take:]
-            replies = [conn.recv() for conn in conns]
-            if not expand and any(keys):
-                result.complete = False
-            for w, (judged, _) in enumerate(replies):
-                for i, found in judged:
-                    search.judge(keys[w][i], found)
-            accepted = [[] for _ in range(n)]
-            new_keys: list[list[Key]] = [[] for _ in range(n)]
-            full = False
-            for w, (_, out) in enumerate(replies):
-                for index, (i, action, key, names) in enumerate(out):
-                    result.transitions += 1
-                    if names:
-                        search.witness(keys[w][i], action, names)
-                    if key in parents or full:
-                        continue
-                    parents[key] = (keys[w][i], action)
-                    result.states += 1
-                    accepted[w].append(index)
-                    new_keys[w].append(key)
-                    full = result.states >= options.max_states
-            keys = new_keys
-            if progress is not None:
-                progress(result, sum(len(a) for a in accepted))
-            if any(accepted) and (full or search.out_of_budget()):
-                result.complete = False
-                for w, conn in enumerate(conns):  # judge the last level, expand nothing
-                    conn.send(("accept", accepted[w], 0))
-                    conn.recv()
-                    conn.send(("expand", [], False))
-                    for i, found in conn.recv()[0]:
-                        search.judge(keys[w][i], found)
-                result.depth = depth + 1
-                break
-            depth += 1
-    finally:
-        for conn in conns:
-            conn.send(("stop",))
-        for proc in procs:
-            proc.join()
-    return search.finish()

@@ -307,8 +307,9 @@ class _Session:
                 obs.extend({"msi": v} for v in msis)
         errors = [text for text in map(_error_line, machine.new_stderr()) if text is not None]
         outcome = machine.poll() if machine.outcome.kind == "running" else machine.outcome
-        if outcome is not None and outcome.kind == "aborted" and outcome.reason in errors:
-            errors.remove(outcome.reason)  # the abort's own message (not an assertion's)
+        if outcome is not None and outcome.kind in ("aborted", "crashed"):
+            # the message that is the fate itself (abort()'s, glibc's heap check) is no error
+            errors = [text for text in errors if text not in outcome.reason]
         obs.extend({"error": text} for text in errors)
         if was_running and outcome is not None and outcome.kind != "running":
             self.result.outcomes[e] = outcome
