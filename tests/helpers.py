@@ -46,3 +46,29 @@ def observations(
     result = run(config, *steps, variant=variant)
     assert result.disabled_step is None, f"step {result.disabled_step} is disabled"
     return result.steps[-1].observations
+
+
+def assert_reproduces_as_recorded(path: object, version: str) -> None:
+    """Confirm the corpus entry at ``path`` on QEMU ``version`` (its ``qemu-VERSION`` variant)
+    and check that QEMU does what the file recorded: the verdict, and the fate or the
+    descriptors held.  Skips where this machine cannot run it."""
+    import shutil
+
+    import pytest
+
+    from model.actions import load_counterexample, load_json_file
+    from model.executor.qemu.backend import QemuBackend
+    from model.executor.qemu.machine import kvm_available
+    from properties.conform import confirm
+
+    recorded = load_json_file(str(path))["qemu"][version]
+    cx = load_counterexample(str(path))
+    if cx.trace.config.host.kvm_msi_irqfd and not kvm_available():
+        pytest.skip("the KVM irqfd path needs /dev/kvm")
+    if recorded.get("checker") == "valgrind memcheck" and shutil.which("valgrind") is None:
+        pytest.skip("confirmed under valgrind, which is not installed")
+    record = confirm(cx, QemuBackend(version), f"qemu-{version}")
+    assert record["verdict"] == recorded["verdict"], record
+    if "qemu" in recorded:
+        key = "fate" if "fate" in recorded["qemu"] else "fds"  # a fate, or descriptors held
+        assert record["qemu"][key] == recorded["qemu"][key]

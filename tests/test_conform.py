@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import assert_reproduces_as_recorded
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,6 @@ from properties.conform import (
     check_case,
     comparable,
     compare,
-    confirm,
     conform,
     random_walk,
 )
@@ -134,17 +134,7 @@ def _recorded() -> list[Path]:
 @needs_qemu
 @pytest.mark.parametrize("path", _recorded(), ids=[p.stem for p in _recorded()])
 def test_corpus_entry_reproduces_on_qemu_as_recorded(path: Path) -> None:
-    recorded = load_json_file(str(path))["qemu"]["7.2"]
-    cx = load_counterexample(str(path))
-    if cx.trace.config.host.kvm_msi_irqfd and not kvm_available():
-        pytest.skip("the KVM irqfd path needs /dev/kvm")
-    if recorded.get("checker") == "valgrind memcheck" and shutil.which("valgrind") is None:
-        pytest.skip("confirmed under valgrind, which is not installed")
-    record = confirm(cx, QemuBackend())
-    assert record["verdict"] == recorded["verdict"], record
-    if "qemu" in recorded:
-        key = "fate" if "fate" in recorded["qemu"] else "fds"  # a fate, or descriptors held
-        assert record["qemu"][key] == recorded["qemu"][key]
+    assert_reproduces_as_recorded(path, "7.2")
 
 
 def test_fd_count_shows_the_descriptor_a_failed_hotplug_keeps() -> None:

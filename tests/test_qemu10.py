@@ -10,21 +10,21 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import stat
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_reproduces_as_recorded
 
 from ivshmem_model.check import embedded_configs
 from ivshmem_model.conform_cli import model_variant
-from model.actions import load_counterexample, load_json_file, load_trace
+from model.actions import load_json_file, load_trace
 from model.executor.qemu.backend import QemuBackend
 from model.executor.qemu.machine import kvm_available, qemu_installed, qemu_version, resolve_qemu
 from model.variants import QEMU_7_2, QEMU_10_0, get_variant
-from properties.conform import campaign, check_case, confirm
+from properties.conform import campaign, check_case
 from properties.trace import run_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,17 +150,7 @@ def test_install_is_cached() -> None:
 @needs_qemu10
 @pytest.mark.parametrize("path", _recorded(), ids=[p.stem for p in _recorded()])
 def test_corpus_entry_reproduces_on_qemu_10_0_as_recorded(path: Path) -> None:
-    recorded = load_json_file(str(path))["qemu"]["10.0"]
-    cx = load_counterexample(str(path))
-    if cx.trace.config.host.kvm_msi_irqfd and not kvm_available():
-        pytest.skip("the KVM irqfd path needs /dev/kvm")
-    if recorded.get("checker") == "valgrind memcheck" and shutil.which("valgrind") is None:
-        pytest.skip("confirmed under valgrind, which is not installed")
-    record = confirm(cx, QemuBackend("10.0"), "qemu-10.0")
-    assert record["verdict"] == recorded["verdict"], record
-    if "qemu" in recorded:
-        key = "fate" if "fate" in recorded["qemu"] else "fds"  # a fate, or descriptors held
-        assert record["qemu"][key] == recorded["qemu"][key]
+    assert_reproduces_as_recorded(path, "10.0")
 
 
 @needs_qemu10
