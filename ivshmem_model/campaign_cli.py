@@ -162,7 +162,13 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
                         (args.poll, "--poll")):
         _positive(value, flag)
     config_names = args.config
-    db = fuzz.database(args.db)
+    try:
+        db = fuzz.database(args.db)
+    except ValueError as err:
+        raise TraceError(str(err), "--db") from None
+    unreachable = fuzz.reachable(db)
+    if unreachable:
+        raise TraceError(unreachable, "--db")
     try:
         targets = fuzz.targets(variants, config_names, db, args.split)
     except ValueError as err:
@@ -170,10 +176,13 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     env = {**os.environ, fuzz.DB_ENV: args.db, fuzz.VARIANTS_ENV: ",".join(variants),
            fuzz.CONFIGS_ENV: ",".join(dict.fromkeys(t.config_name for t in targets)),
            fuzz.SPLIT_ENV: "1" if args.split else "0"}
-    Path(args.db).mkdir(parents=True, exist_ok=True)
-    log = Path(args.db) / "hypofuzz.log"
+    # The log goes beside a directory database, else (Redis) into the output folder.
+    folder = Path(args.out if fuzz.is_url(args.db) else args.db)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "hypofuzz.log"
+    shown = args.db if fuzz.is_url(args.db) else f"{args.db}/"
     _say(args, f"fuzzing {len(targets)} targets with HypoFuzz for {args.seconds:g} s, "
-               f"database {args.db}/, log {log}" +
+               f"database {shown}, log {log}" +
                (f", dashboard http://localhost:{args.port}/" if args.port is not None else ""))
     found: dict[tuple[str, str, str], Found] = {}
     timeline: list[dict[str, Any]] = []
@@ -277,8 +286,10 @@ def add_subcommands(subparsers: Any) -> None:
     fuzz.add_argument("--split", action="store_true",
                       help="one target per safety property too (HypoFuzz stops a target at "
                            "its first failure, so a target finds one bug)")
-    fuzz.add_argument("--db", default="fuzz-db", metavar="DIR",
-                      help="the example database, shared by every run (default: %(default)s)")
+    fuzz.add_argument("--db", "--database", dest="db", default="fuzz-db",
+                      metavar="DIR|redis://HOST:PORT",
+                      help="the example database, shared by every run: a directory, or a "
+                           "Redis server several machines share (default: %(default)s)")
     fuzz.add_argument("--seconds", type=float, default=300.0,
                       help="how long to fuzz (default: %(default)s)")
     fuzz.add_argument("--workers", type=int, default=os.cpu_count() or 1,

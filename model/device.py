@@ -314,7 +314,34 @@ def ivshmem_io_write(s: IVShmemState, addr: int, val: int) -> None:
             return
         # check doorbell range
         if vector < peer_at(s, dest, 238).nb_eventfds:
-            s.proc.event_notifier_set(eventfd_slot(s, dest, vector, 240), 240)
+            d = eventfd_slot(s, dest, vector, 240)
+            s.proc.event_notifier_set(d, 240)
+            if dest == s.vm_id:
+                own_eventfd_ready(s, d)
+
+
+def own_eventfd_ready(s: IVShmemState, d: int) -> bool:
+    """The device's own eventfd ``d`` is readable: who consumes it, at once.  KVM's irqfd
+    (the kernel injects the route's MSI, if the route exists) or the main loop's fd handler
+    (``ivshmem_vector_notify``).  A doorbell a device rings to itself is consumed in the same
+    step (QEMU's main loop runs the handler before the guest's next access); one from another
+    process waits for the trace's ``handle_irq``.  False when nothing consumes it."""
+    if d == ZEROED or not s.proc.world.is_open(d) or not s.proc.world.readable(d):
+        return False
+    obj = s.proc.world.fds[d]
+    assert obj is not None
+    for virq, other in s.proc.irqfds:
+        entry = s.proc.world.fds[other] if 0 <= other < len(s.proc.world.fds) else None
+        if entry is not None and entry.open and entry.obj == obj.obj:
+            s.proc.world.drain(d)
+            if virq in s.proc.kvm_routes:
+                s.proc.obs.append({"msi": virq})
+            return True
+    for fd, vector in s.proc.fd_handlers:
+        if fd == d:
+            ivshmem_vector_notify(s, vector)
+            return True
+    return False
 
 
 def ivshmem_io_read(s: IVShmemState, addr: int) -> int:
@@ -344,6 +371,8 @@ def memory_region_dispatch_write(
         for datamatch, d in s.ioeventfds:
             if datamatch == value:
                 s.proc.event_notifier_set(d, "memory.c memory_region_dispatch_write_eventfds")
+                if datamatch >> 16 == s.vm_id:
+                    own_eventfd_ready(s, d)
                 return
     if size == 8:
         ivshmem_io_write(s, addr, value & 0xFFFFFFFF)

@@ -214,6 +214,10 @@ class World:
         self._w_objects()[entry.obj] = FileObject(obj.kind, 0, obj.size, obj.data)
         return True
 
+    def readable(self, d: int) -> bool:
+        """A read would return bytes now (an eventfd's counter, a file's unread bytes)."""
+        return self.obj_of(d).count > 0
+
     def always_readable(self, d: int) -> bool:
         """``poll`` says readable whatever was written: /dev/null and file-like objects."""
         return self.obj_of(d).kind in ALWAYS_READABLE_KINDS

@@ -643,20 +643,14 @@ def _handle_irq(state: SystemState, a: HandleIrq) -> StepResult | None:
         work.obs.append({"irq": a.vector})
         return work.commit()
     d = _own_slot(ep, a.vector)
-    if d < 0 or not _readable(state, d):
+    if d < 0 or not _readable(state, d) or ep.device is None:
         return None
-    virq = _irqfd_for(state, ep, d)
-    if virq is not None:
-        # KVM's irqfd consumes the counter and injects the route's MSI, if the route exists.
-        work = Work(state)
-        work.world.drain(d)
-        if virq in ep.kvm_routes:
-            work.obs.append({"msi": virq})
-        return work.commit()
-    handler = next((v for fd, v in ep.fd_handlers if fd == d), None)
-    if handler is None or ep.device is None:
-        return None
-    return _run_device(state, a.endpoint, lambda s: dev.ivshmem_vector_notify(s, handler))
+    if _irqfd_for(state, ep, d) is None and all(fd != d for fd, _v in ep.fd_handlers):
+        return None  # nothing consumes it (KVM with MSI-X off, or the vector masked)
+    def body(s: dev.IVShmemState) -> None:
+        dev.own_eventfd_ready(s, d)
+
+    return _run_device(state, a.endpoint, body)
 
 
 def _client_notify(state: SystemState, a: ClientNotify) -> StepResult | None:

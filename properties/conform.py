@@ -74,12 +74,6 @@ ABSTRACTIONS: tuple[tuple[str, str], ...] = (
      "a /dev/null or file sent as an eventfd is readable at every poll: QEMU's main loop runs "
      "the vector's handler again and again (a CPU spins, qtest still answers); the model runs "
      "it once, when it is installed, the only run that can have an effect"),
-    ("self-doorbells",
-     "a device that rings its own ID has its handler run at once by QEMU's main loop; the "
-     "backend reports the effect at the trace's handle_irq step.  Known divergence (conform "
-     "--generate seed 43): while the vector is masked the handler sets its pending bit at "
-     "once, so an unmask before handle_irq fires the MSI on QEMU and not in the model; the "
-     "cure is to run a self-doorbell's handler in the ring step itself (next session)"),
     ("message order across endpoints",
      "the sends of one step are compared as a multiset: the server's order per peer is the "
      "model's, the interleaving between sockets is the kernel's"),

@@ -9,7 +9,8 @@ beside this file defines them as pytest tests, which is what HypoFuzz runs:
 
 (``ivshmem-model fuzz`` does that, watches the database and writes what fails as corpus
 files).  The example database is a directory shared by every process and machine that fuzzes
-or replays (``IVSHMEM_FUZZ_DB``, default ``fuzz-db``); HypoFuzz saves a shrunk failure under the
+or replays (``IVSHMEM_FUZZ_DB``, default ``fuzz-db``), or one Redis server they all reach
+(``IVSHMEM_FUZZ_DB=redis://HOST:PORT``, :func:`database`); HypoFuzz saves a shrunk failure under the
 key Hypothesis replays, so a failure found anywhere replays everywhere: :func:`replay` runs a
 target's saved examples (Hypothesis' ``reuse`` phase, read-only) and returns the failure.
 ``IVSHMEM_FUZZ_VARIANTS`` and ``IVSHMEM_FUZZ_CONFIGS`` (comma-separated names) narrow the
@@ -24,6 +25,7 @@ import os
 import re
 import unittest
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import (
@@ -54,8 +56,59 @@ class Target:
     machine: type[RuleBasedStateMachine]
 
 
-def database(path: str | None = None) -> ExampleDatabase:
-    return DirectoryBasedExampleDatabase(path or os.environ.get(DB_ENV) or DEFAULT_DB)
+REDIS_SCHEMES = ("redis", "rediss")
+
+
+def is_url(spec: str) -> bool:
+    """Whether a database spec is a URL (``scheme://...``) rather than a directory."""
+    return "://" in spec
+
+
+def database(spec: str | None = None) -> ExampleDatabase:
+    """The example database ``spec`` names (default: the environment's ``IVSHMEM_FUZZ_DB``,
+    else ``fuzz-db``): a directory, or ``redis://HOST:PORT[/DB]`` (``rediss://`` with TLS) for
+    one Redis shared by several machines (Hypothesis' ``RedisExampleDatabase``; the Redis
+    server is Debian's ``redis-server``, ``scripts/install-redis.sh``).  A bad URL raises
+    ``ValueError`` saying what is wrong; nothing is contacted here (see :func:`reachable`)."""
+    spec = spec or os.environ.get(DB_ENV) or DEFAULT_DB
+    if not is_url(spec):
+        return DirectoryBasedExampleDatabase(spec)
+    parts = urlsplit(spec)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(f"unsupported database URL {spec!r}: expected a directory or "
+                         f"redis://HOST:PORT")
+    try:
+        parts.port  # noqa: B018 - urlsplit parses the port when asked
+    except ValueError:
+        raise ValueError(f"bad Redis URL {spec!r}: the port is not a number from 0 to "
+                         f"65535") from None
+    if not parts.hostname:
+        raise ValueError(f"bad Redis URL {spec!r}: no host (expected redis://HOST:PORT)")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ValueError(f"bad Redis URL {spec!r}: the path must be a database number")
+    try:
+        from hypothesis.extra.redis import RedisExampleDatabase
+        from redis import Redis
+    except ImportError:
+        raise ValueError(f"a Redis database ({spec}) needs the redis package: pip install "
+                         f"-e '.[distributed]'") from None
+    return RedisExampleDatabase(Redis.from_url(spec, socket_connect_timeout=5))
+
+
+def reachable(db: ExampleDatabase) -> str | None:
+    """``None`` if ``db`` can be used now, else why not (a Redis server that does not answer)."""
+    redis = getattr(db, "redis", None)
+    if redis is None:
+        return None
+    from redis.exceptions import RedisError
+
+    try:
+        redis.ping()
+    except RedisError as err:
+        kwargs = redis.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return f"cannot reach Redis at {where}: {err}"
+    return None
 
 
 def fuzz_settings(db: ExampleDatabase) -> settings:

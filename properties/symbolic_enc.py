@@ -454,11 +454,15 @@ def pba_read(fl: Flags, s: Sym, tag: str, off: IntExpr) -> Step:
 
 
 def ring_self(s: Sym, v: IntExpr) -> Step:
-    """A 4-byte DOORBELL write of (vm_id << 16) | v: the ioeventfd or the & 0xff path."""
+    """A 4-byte DOORBELL write of (vm_id << 16) | v: the ioeventfd or the & 0xff path.  An
+    attached irqfd consumes the count at once (model.device.own_eventfd_ready); otherwise it
+    waits for an irqfd."""
     low = v % 256
     target = z3.If(v < s.nb_ev, v, z3.If(z3.And(peer_ok(s), low < s.nb_ev), low, -1))
     ok = z3.And(alive(s), v >= 0, v <= 0xFFFF)
-    return ok, replace(s, sig=lam(lambda u: z3.Or(s.sig[u], z3.And(u == target, u >= 0)))), []
+    signalled = lam(lambda u: z3.Or(
+        s.sig[u], z3.And(u == target, u >= 0, z3.Not(s.irqfd[u]))))
+    return ok, replace(s, sig=signalled), []
 
 
 def handle_irq(s: Sym, v: IntExpr) -> Step:

@@ -213,9 +213,6 @@ class _Session:
         self.server: Any = None
         self.server_up = True
         self.shm_name = ""
-        # Effects of a doorbell a device rang to itself: QEMU ran the handler at once; they
-        # are reported at the trace's handle_irq step.  (endpoint, vector) -> observations
-        self.held: dict[tuple[int, int], list[list[Observation]]] = {}
         self.started = 0  # QEMU processes started (their sockets need distinct names)
         self.pipe_ends: list[int] = []  # write ends of the pipes sent as fds
         # memory backends created per endpoint process (each realize has its own, named as
@@ -289,22 +286,14 @@ class _Session:
             if machine is None:
                 continue
             was_running = other in running or (other == e and isinstance(action, Realize))
-            obs.extend(self._effects(other, machine, action if other == e else None,
-                                     was_running))
+            obs.extend(self._effects(other, machine, was_running))
         return obs
 
-    def _effects(self, e: int, machine: Machine, action: Action | None,
-                 was_running: bool) -> list[Observation]:
+    def _effects(self, e: int, machine: Machine, was_running: bool) -> list[Observation]:
         """What endpoint ``e`` showed in this step: MSIs, error texts, its fate."""
         obs: list[Observation] = []
         if machine.alive:
-            msis = machine.take_msis()
-            self_rung = self._self_rung(e, action)
-            if self_rung is not None:
-                self.held.setdefault((e, self_rung), []).append(
-                    [{"msi": v} for v in msis])
-            else:
-                obs.extend({"msi": v} for v in msis)
+            obs.extend({"msi": v} for v in machine.take_msis())
         errors = [text for text in map(_error_line, machine.new_stderr()) if text is not None]
         outcome = machine.poll() if machine.outcome.kind == "running" else machine.outcome
         if outcome is not None and outcome.kind in ("aborted", "crashed"):
@@ -321,28 +310,6 @@ class _Session:
             if outcome.kind == "failed":
                 obs.append({"fate": "failed", "reason": outcome.reason})
         return obs
-
-    def _self_rung(self, e: int, action: Action | None) -> int | None:
-        """The vector a doorbell write of ``e`` to its own ID rang, if it was one."""
-        if isinstance(action, Ring):
-            action = MmioWrite(action.endpoint, DOORBELL, action.peer << 16 | action.vector, 4)
-        if not isinstance(action, MmioWrite) or action.offset & 0xFC != DOORBELL:
-            return None
-        channel = self.channels[e]
-        value = action.value & 0xFFFFFFFF
-        machine = self.machines[e]
-        if machine is None or not machine.alive or not machine.bar_at_home(0):
-            return None  # the write met unassigned memory: nothing rang
-        if value >> 16 != channel.own_id:
-            return None
-        vector = value & 0xFFFF if action.size == 4 and action.offset == DOORBELL else value & 0xFF
-        if vector >= len(channel.own_eventfds):
-            vector = value & 0xFF
-        if vector >= len(channel.own_eventfds):
-            return None
-        # a hostile server's pipe, /dev/null or file as the own "eventfd": the doorbell's
-        # write wakes nothing (the handler, if it runs, finds nothing to read)
-        return vector if wire.fd_kind(channel.own_eventfds[vector]) == "eventfd" else None
 
     def _pump_all(self) -> list[Observation]:
         obs: list[Observation] = []
@@ -612,8 +579,8 @@ class _Session:
 
     def _eventfd_poll(self, a: EventfdPoll) -> list[Observation] | None:
         """Our copy of the eventfd QEMU was handed for ``(peer, vector)``; pending if its
-        counter is set, or a doorbell for it waits in a stand-in or among the held
-        self-doorbells (both reach the owner at the trace's ``handle_irq``)."""
+        counter is set, or a doorbell for it waits in a stand-in (it reaches the owner at
+        the trace's ``handle_irq``)."""
         machine = self._device(a.endpoint)
         fds = self.channels[a.endpoint].delivered.get(a.peer, [])
         if machine is None or machine.proc is None or a.vector >= len(fds):
@@ -624,9 +591,6 @@ class _Session:
             return None  # not an eventfd, or QEMU closed it (a disconnect, a rejection)
         pending = wire.eventfd_count(ours) > 0 or any(
             channel.pending_rings(a.peer, a.vector) for channel in self.channels)
-        pending = pending or any(
-            self.held.get((e, a.vector)) for e, channel in enumerate(self.channels)
-            if channel.own_id == a.peer)
         return [{"signalled": pending}]
 
     def _handle_irq(self, a: HandleIrq) -> list[Observation] | None:
@@ -635,9 +599,6 @@ class _Session:
         channel = self.channels[e]
         if machine is None or v >= len(channel.own_eventfds):
             return None
-        held = self.held.get((e, v))
-        if held:
-            return held.pop(0)
         rings = sum(other.take_rings(channel.own_id or 0, v)
                     for i, other in enumerate(self.channels) if i != e)
         own = channel.own_eventfds[v]
