@@ -527,7 +527,10 @@ def close_peer_eventfds(s: IVShmemState, posn: int) -> None:
         for i in range(n):
             ivshmem_del_eventfd(s, posn, i)
     for i in range(n):
-        s.proc.event_notifier_cleanup(eventfd_slot(s, posn, i, 436), 436)
+        d = eventfd_slot(s, posn, i, 436)
+        if s.proc.variant.close_removes_fd_handler:
+            s.proc.remove_fd_handler(d)
+        s.proc.event_notifier_cleanup(d, 436)
     if s.proc.variant.keep_peer_eventfds_array:
         s.peers[posn] = Peer(0, (), peer.block)
         return

@@ -374,6 +374,10 @@ class Proc:
 
     # -- the main loop's fd handlers (qemu_set_fd_handler) --------------------------------------
 
+    def remove_fd_handler(self, d: int) -> None:
+        """``qemu_set_fd_handler(d, NULL, NULL, NULL)``."""
+        self.fd_handlers = [h for h in self.fd_handlers if h[0] != d]
+
     def set_fd_handler(self, d: int, vector: int) -> None:
         self.fd_handlers = [h for h in self.fd_handlers if h[0] != d]
         self.fd_handlers.append((d, vector))

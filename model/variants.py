@@ -207,6 +207,14 @@ class Variant:
         "BAR2 unchecked and pci_register_bar ends the process (QEMU 7.2.22 aborts): reject it "
         "with an error first, closing the server's fd",
     )
+    close_removes_fd_handler: bool = flag(
+        "proposed", "396-397, 420-441",
+        "watch_vector_notifier installs a main-loop handler on the own eventfd (seed 396) that "
+        "nothing removes: close_peer_eventfds (on unplug) closes the fd under it, the next "
+        "descriptor the process opens reuses the number, and the handler runs with its freed "
+        "opaque.  QEMU 7.2.22 and 10.0.13 crash (SIGSEGV) when an ivshmem-plain with a memfd "
+        "memdev is hot-plugged after such an unplug.  Remove the handler before closing",
+    )
     recv_msg_eof_is_error: bool = flag(
         "proposed", "660-672",
         "on a closed socket qemu_chr_fe_read_all returns 0 and ivshmem_recv_msg loops forever: "
@@ -270,6 +278,7 @@ FIXED = replace(
     recv_msg_eof_is_error=True,
     recv_setup_closes_fd=True,
     bar2_size_checked=True,
+    close_removes_fd_handler=True,
 )
 
 BEFORE_COMMITS = (

@@ -130,13 +130,21 @@ def route_balance(state: SystemState) -> str | None:
 
 
 def fd_conservation(state: SystemState) -> str | None:
-    """Every descriptor a live process holds is referenced by its state (no leak), and no
+    """Every descriptor a live process holds is referenced by its state (no leak), no
     process closes, reads or writes a descriptor it does not hold (no double close, no use of
-    a stale descriptor, no use of fd 0 through a zeroed notifier)."""
+    a stale descriptor, no use of fd 0 through a zeroed notifier), and no main-loop handler is
+    left on a descriptor the process closed (its number is reused by the next open)."""
     for e, ep in _running(state):
         for fault in ep.faults:
             if fault.kind == "fd_misuse":
                 return f"endpoint {e} at {_at(fault.line, fault.where)}: {fault.detail}"
+        for d, vector in ep.fd_handlers:
+            entry = state.fds[d] if 0 <= d < len(state.fds) else None
+            if entry is None or not entry.open:
+                # the main loop still watches a closed number: the next descriptor the
+                # process opens gets it, and the handler runs with its freed opaque
+                return (f"endpoint {e}: the fd handler of vector {vector} is left on closed "
+                        f"descriptor {d}")
     refs = referenced_descriptors(state)
     for d, entry in enumerate(state.fds):
         if entry is None or not entry.open or d in refs or entry.owner == IN_FLIGHT:
