@@ -445,13 +445,20 @@ def _bar_miss(state: SystemState, e: int, bar: int, read: bool) -> StepResult | 
     return work.commit()
 
 
+def _bar_access(state: SystemState, e: int, bar: int, read: bool,
+                body: Callable[[dev.IVShmemState], None]) -> StepResult | None:
+    """A guest access to BAR ``bar`` of a live device: ``body`` runs the device's side when
+    the access reaches the BAR, unassigned memory answers when it does not."""
+    if not _device_ready(state.endpoints[e]):
+        return None
+    return _bar_miss(state, e, bar, read) or _run_device(state, e, body)
+
+
 def _mmio_read(state: SystemState, a: MmioRead) -> StepResult | None:
     def body(s: dev.IVShmemState) -> None:
         s.proc.obs.append({"read": dev.memory_region_dispatch_read(s, a.offset, a.size)})
 
-    if not _device_ready(state.endpoints[a.endpoint]):
-        return None
-    return _bar_miss(state, a.endpoint, 0, True) or _run_device(state, a.endpoint, body)
+    return _bar_access(state, a.endpoint, 0, True, body)
 
 
 def _mmio_write(state: SystemState, a: MmioWrite) -> StepResult | None:
@@ -460,9 +467,7 @@ def _mmio_write(state: SystemState, a: MmioWrite) -> StepResult | None:
     def body(s: dev.IVShmemState) -> None:
         dev.memory_region_dispatch_write(s, a.offset, a.value, a.size, ioeventfd_host)
 
-    if not _device_ready(state.endpoints[a.endpoint]):
-        return None
-    return _bar_miss(state, a.endpoint, 0, False) or _run_device(state, a.endpoint, body)
+    return _bar_access(state, a.endpoint, 0, False, body)
 
 
 def _ring(state: SystemState, a: Ring) -> StepResult | None:
@@ -494,10 +499,8 @@ def _msix_mask(state: SystemState, a: MsixMask) -> StepResult | None:
     device = state.endpoints[a.endpoint].device
     if device is None or not device.msix.present or a.vector >= device.msix.entries_nr:
         return None
-    if not _device_ready(state.endpoints[a.endpoint]):
-        return None
-    return _bar_miss(state, a.endpoint, 1, False) or _run_device(
-        state, a.endpoint, lambda s: msix_table_mmio_write(s, a.vector, a.masked))
+    return _bar_access(state, a.endpoint, 1, False,
+                       lambda s: msix_table_mmio_write(s, a.vector, a.masked))
 
 
 def _pba_read(state: SystemState, a: PbaRead) -> StepResult | None:
@@ -510,9 +513,7 @@ def _pba_read(state: SystemState, a: PbaRead) -> StepResult | None:
     def body(s: dev.IVShmemState) -> None:
         s.proc.obs.append({"read": msix_pba_mmio_read(s, a.offset)})
 
-    if not _device_ready(state.endpoints[a.endpoint]):
-        return None
-    return _bar_miss(state, a.endpoint, 1, True) or _run_device(state, a.endpoint, body)
+    return _bar_access(state, a.endpoint, 1, True, body)
 
 
 def _shm_access_ok(state: SystemState, e: int, offset: int, size: int) -> bool:
@@ -615,18 +616,6 @@ def _own_slot(ep: Endpoint, vector: int) -> int:
     return -1
 
 
-def _irqfd_for(state: SystemState, ep: Endpoint, d: int) -> int | None:
-    """The virq of an irqfd attached to the object behind descriptor ``d``."""
-    entry = state.fds[d] if 0 <= d < len(state.fds) else None
-    if entry is None:
-        return None
-    for virq, other in ep.irqfds:
-        oentry = state.fds[other] if 0 <= other < len(state.fds) else None
-        if oentry is not None and oentry.obj == entry.obj and oentry.open:
-            return virq
-    return None
-
-
 def _handle_irq(state: SystemState, a: HandleIrq) -> StepResult | None:
     ep = state.endpoints[a.endpoint]
     if not _alive(ep):
@@ -645,10 +634,10 @@ def _handle_irq(state: SystemState, a: HandleIrq) -> StepResult | None:
     d = _own_slot(ep, a.vector)
     if d < 0 or not _readable(state, d) or ep.device is None:
         return None
-    if _irqfd_for(state, ep, d) is None and all(fd != d for fd, _v in ep.fd_handlers):
-        return None  # nothing consumes it (KVM with MSI-X off, or the vector masked)
+
     def body(s: dev.IVShmemState) -> None:
-        dev.own_eventfd_ready(s, d)
+        if not dev.own_eventfd_ready(s, d):
+            raise WouldBlock  # nothing consumes it (KVM with MSI-X off, or the vector masked)
 
     return _run_device(state, a.endpoint, body)
 

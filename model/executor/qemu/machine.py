@@ -521,19 +521,19 @@ class Machine:
         qmp = self.qmp
         if qmp is None:
             return None
-        try:
+
+        def add() -> bool:
             for obj in device.objects:
                 qmp.execute("object-add", **object_arguments(obj))
             qmp.execute("device_add", driver=device.driver,
                         **typed_options(qmp, device.driver, device.options))
+            return True
+
+        try:
+            if not self.guard(add):
+                return None  # QEMU died or stopped answering: its outcome says which
         except QmpError as err:
             return str(err)
-        except QemuTimeout:
-            self._hung()
-            return None
-        except QemuGone:
-            self.wait_exit(2.0)
-            return None
         self.device = device
         self.hotplugged = True
         self.setup_guest()
@@ -544,19 +544,18 @@ class Machine:
         qmp, q = self.qmp, self.qtest
         if qmp is None or q is None:
             return
-        try:
+
+        def unplug() -> bool:
             qmp.execute("device_del", id="dev0")
             q.outl(ACPI_PCI_EJECT_PORT, 1 << SLOT)
             if qmp.wait_event("DEVICE_DELETED", STEP_TIMEOUT) is None and self.poll() is None:
                 q.sync()
+            return True
+
+        try:
+            if not self.guard(unplug):
+                return
         except QmpError:
-            return
-        except QemuTimeout:
-            if self.poll() is None:
-                self._hung()
-            return
-        except QemuGone:
-            self.wait_exit(2.0)
             return
         self.device = None
         self.msix_cap = 0
@@ -565,17 +564,14 @@ class Machine:
         qmp = self.qmp
         if qmp is None:
             return
-        try:
+
+        def reset() -> bool:
             qmp.execute("system_reset")
             qmp.wait_event("RESET", STEP_TIMEOUT)
-        except QemuTimeout:
-            if self.poll() is None:
-                self._hung()
-            return
-        except QemuGone:
-            self.wait_exit(2.0)
-            return
-        self.setup_guest()
+            return True
+
+        if self.guard(reset):
+            self.setup_guest()
 
     def eventfd_ids(self) -> set[int]:
         """The kernel ids of the eventfds the process holds (``eventfd-id`` in fdinfo)."""
