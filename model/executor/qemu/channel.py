@@ -67,7 +67,6 @@ class Channel:
         self.own_eventfds: list[int] = []  # dups of the endpoint's own eventfds, by vector
         self.peer_fds_seen: dict[int, int] = {}
         self.standins: list[Standin] = []
-        self.eventfd_dups: list[int] = []  # every eventfd handed to the endpoint (counters)
         # what QEMU was handed, as the device files it: peer id -> our copies of the fds of
         # its vectors 0, 1, ... (a message without fd for that peer, a disconnect, clears it)
         self.delivered: dict[int, list[int]] = {}
@@ -106,8 +105,6 @@ class Channel:
         if fd is not None and value >= 0 and value == self.own_id:
             # the own vectors, in order, whatever a hostile server sent as their "eventfd"
             self.own_eventfds.append(os.dup(fd))
-            if kind == "eventfd":
-                self.eventfd_dups.append(os.dup(fd))
         elif fd is not None and kind == "eventfd" and value >= 0:
             if self.use_standins:
                 vector = self.peer_fds_seen.get(value, 0)
@@ -116,7 +113,6 @@ class Channel:
                 self.standins.append(Standin(standin, value, vector))
                 os.close(fd)
                 fd = os.dup(standin)  # forward closes what it sends; the standin stays ours
-            self.eventfd_dups.append(os.dup(fd))
         elif fd is None and value >= 0 and value != self.own_id and self.received > 2:
             self.peer_fds_seen.pop(value, None)  # a disconnect: its next fds start at vector 0
         self.queue.append(Queued(value, fd, kind, extra))
@@ -214,7 +210,7 @@ class Channel:
         self.standins = keep
 
     def close(self) -> None:
-        for fd in [*self.own_eventfds, *self.eventfd_dups, *(s.fd for s in self.standins),
+        for fd in [*self.own_eventfds, *(s.fd for s in self.standins),
                    *(q.fd for q in self.queue if q.fd is not None),
                    *(fd for q in self.queue for fd in q.extra)]:
             with contextlib.suppress(OSError):
@@ -224,7 +220,7 @@ class Channel:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self.delivered.clear()
-        self.own_eventfds, self.eventfd_dups, self.standins = [], [], []
+        self.own_eventfds, self.standins = [], []
         self.queue.clear()
         for sock in (self.upstream, self.qemu, self.listener):
             if sock is not None:
