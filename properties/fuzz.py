@@ -113,8 +113,9 @@ def reachable(db: ExampleDatabase) -> str | None:
 
 def fuzz_settings(db: ExampleDatabase) -> settings:
     """Long traces, no deadline, the shared database; HypoFuzz decides how many examples (and
-    refuses a test that suppresses the nested-``@given`` check)."""
-    return settings(database=db, deadline=None, stateful_step_count=50,
+    refuses a test that suppresses the nested-``@given`` check, and skips a derandomized one:
+    under ``CI`` the default profile Hypothesis loads is derandomized)."""
+    return settings(database=db, deadline=None, stateful_step_count=50, derandomize=False,
                     suppress_health_check=SUPPRESSED)
 
 

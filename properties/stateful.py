@@ -6,11 +6,12 @@ the actions enabled in the current state, and one ``@invariant`` per safety prop
 registry.  A failing run leaves its (shrunk) trace in ``machine.last_failure`` so callers can
 write it as a counterexample file.
 
-Profiles: ``ci`` and ``check`` (fast, derandomized: the same run every time) and ``deep``
+Profiles: ``quick`` and ``check`` (fast, derandomized: the same run every time) and ``deep``
 (long campaigns; set ``HYPOTHESIS_DATABASE`` to a directory shared between machines).  The fast
 profiles skip Hypothesis' shrink phase, whose running time varied from 1 s to 75 s on our
 machines; their failures are minimized by ``properties.minimize`` (delta debugging through
-``step``) instead, in well under a second.
+``step``) instead, in well under a second.  (Not ``ci``: Hypothesis owns that name and loads it
+as the default whenever ``CI`` is set, so redefining it would change every test's settings.)
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from model.variants import Variant
 from properties.invariants import SAFETY, Property
 
 settings.register_profile(
-    "ci",
+    "quick",
     max_examples=40,
     stateful_step_count=25,
     deadline=None,
@@ -53,7 +54,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 settings.register_profile(
-    "check", settings(settings.get_profile("ci"), max_examples=20, stateful_step_count=15)
+    "check", settings(settings.get_profile("quick"), max_examples=20, stateful_step_count=15)
 )
 settings.register_profile(
     "deep",
@@ -213,7 +214,7 @@ def last_failure(machine: type[RuleBasedStateMachine]) -> Failure | None:
     return box.failure
 
 
-def run_machine(config: Config, variant: Variant, profile: str = "ci",
+def run_machine(config: Config, variant: Variant, profile: str = "quick",
                 guest: bool = False) -> Failure | None:
     """Run the machine under a settings profile; the failure found, minimized, or ``None``."""
     from hypothesis.stateful import run_state_machine_as_test

@@ -1,4 +1,4 @@
-"""The Hypothesis machine under the ``ci`` profile: the seed's bugs are found, fixed is clean."""
+"""The Hypothesis machine under the ``quick`` profile: the seed's bugs are found, fixed is clean."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ CONFIGS = {c.name: c.config for c in embedded_configs()}
 
 @pytest.mark.parametrize("name", ["contrib-kvm", "scripted-kvm"])
 def test_hypothesis_finds_a_seed_violation(name: str) -> None:
-    failure = run_machine(CONFIGS[name], SEED, "ci")
+    failure = run_machine(CONFIGS[name], SEED, "quick")
     assert failure is not None
     replayed = run_trace(Trace(CONFIGS[name], failure.steps), SEED)
     assert replayed.first(failure.property) is not None, "the minimized trace still fails"
@@ -23,11 +23,11 @@ def test_hypothesis_finds_a_seed_violation(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_fixed_satisfies_all_properties_under_hypothesis(name: str) -> None:
-    assert run_machine(CONFIGS[name], FIXED, "ci") is None
+    assert run_machine(CONFIGS[name], FIXED, "quick") is None
 
 
 @pytest.mark.parametrize("name", ["contrib-tcg", "scripted-kvm"])
 def test_fixed_holds_with_the_guest_config_space_and_shared_memory(name: str) -> None:
     """Configuration writes (decoding, mastering, BAR sizing) and shared-memory accesses
     change no property's verdict on the fixed variant."""
-    assert run_machine(CONFIGS[name], FIXED, "ci", guest=True) is None
+    assert run_machine(CONFIGS[name], FIXED, "quick", guest=True) is None
