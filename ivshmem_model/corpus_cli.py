@@ -1,4 +1,4 @@
-"""``ivshmem-model minimize`` and ``ivshmem-model corpus-readme``: the corpus subcommands.
+"""``ivshmem-model minimize``, ``corpus-readme`` and ``history``: the corpus subcommands.
 
 ``add_subcommands(subparsers)`` adds them to the main parser (``ivshmem_model/cli.py``).  Bad
 input raises :class:`~model.actions.TraceError`, which the main program turns into exit 2.
@@ -19,6 +19,7 @@ from properties.corpus import (
     violation_site,
     write_readme,
 )
+from properties.history import HISTORY, corpus_entry, corpus_file, hunt
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -59,8 +60,43 @@ def cmd_corpus_readme(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """Each modelled historical fix: the differential explorer finds its ``before-<commit>``
+    variant unaided; the time and the shortest trace are printed (``--write``: corpus files
+    for fixes that have none yet)."""
+    fixes = [fix for fix in HISTORY if fix.search is not None]
+    if args.commit:
+        fixes = [fix for fix in fixes if fix.commit.startswith(args.commit)]
+        if not fixes:
+            raise TraceError(f"no modelled fix {args.commit!r} (see properties/history.py)",
+                             "--commit")
+    folder = Path(args.folder)
+    missed = 0
+    print(f"{'fix':13} {'release':8} {'property':15} {'site':36} {'steps':>5} {'seconds':>7}")
+    for fix in fixes:
+        finding, seconds = hunt(fix)
+        if finding is None:
+            missed += 1
+            print(f"{fix.commit:13} {fix.release:8} NOT FOUND within depth {fix.search.depth}"
+                  if fix.search else fix.commit)
+            continue
+        print(f"{fix.commit:13} {fix.release:8} {finding.property:15} "
+              f"{finding.site or '-':36} {len(finding.path):>5} {seconds:>7.2f}", flush=True)
+        path = corpus_file(folder, fix)
+        if args.write and not path.exists() and not _shown(folder, fix.variant):
+            path.write_text(counterexample_json(corpus_entry(fix, finding)))
+            print(f"  wrote {path}", file=sys.stderr)
+    return EXIT_FAILED if missed else EXIT_OK
+
+
+def _shown(folder: Path, variant: str) -> bool:
+    """Some corpus file already shows ``variant`` violating a property."""
+    return any(dict(load_counterexample(str(p)).expect).get(variant, "holds") != "holds"
+               for p in folder.glob("*.json"))
+
+
 def add_subcommands(subparsers: Any) -> None:
-    """Add ``minimize`` and ``corpus-readme`` to the main parser's subparsers."""
+    """Add ``minimize``, ``corpus-readme`` and ``history`` to the main parser's subparsers."""
     mini = subparsers.add_parser(
         "minimize",
         help="shrink a counterexample: drop steps, simplify numbers, renumber endpoints",
@@ -81,3 +117,17 @@ def add_subcommands(subparsers: Any) -> None:
     readme.add_argument("--check", action="store_true",
                         help="only check that README.md is up to date (exit 1 if not)")
     readme.set_defaults(func=cmd_corpus_readme)
+
+    history = subparsers.add_parser(
+        "history", help="find every modelled historical fix with the differential explorer",
+        description="For each fix in properties/history.py that has a before-<commit> "
+                    "variant: explore that variant and report the shortest trace on which it "
+                    "violates a property the variant with the fix holds, and how long the "
+                    "search took.  Exit 1 if one is not found.")
+    history.add_argument("--commit", metavar="HASH", help="only this fix (a hash prefix)")
+    history.add_argument("--write", action="store_true",
+                         help="add a minimized corpus file for each fix the corpus does "
+                              "not show yet")
+    history.add_argument("--folder", default="counterexamples", metavar="DIR",
+                         help="the corpus folder (default: %(default)s)")
+    history.set_defaults(func=cmd_history)

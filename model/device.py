@@ -805,7 +805,9 @@ def pci_do_device_reset(s: IVShmemState) -> None:
 
 def ivshmem_setup_interrupts(s: IVShmemState, errp: Errp) -> int:
     """Seed 776-791; ``g_malloc0(0)`` is NULL, so ``vectors=0`` leaves msi_vectors NULL."""
-    if not s.proc.variant.msi_vectors_before_recv_setup:
+    if s.proc.variant.before_47213eb11047 and not ivshmem_has_feature(s, IVSHMEM_MSI):
+        pass  # allocated with the MSI-X table only: msi=off leaves it NULL
+    elif not s.proc.variant.msi_vectors_before_recv_setup:
         s.msi_vectors_block = LIVE if s.vectors else NULL
     if ivshmem_has_feature(s, IVSHMEM_MSI):
         error = msix_init_exclusive_bar(s, s.vectors)
@@ -900,6 +902,8 @@ def ivshmem_common_realize(s: IVShmemState, errp: Errp) -> None:
     if s.hostmem:
         s.bar2 = "hostmem"
     else:
+        if not s.chardev:  # plain/doorbell checked it before 6dc64780c2a8 (seed 1098, 1166)
+            raise Abort("ivshmem_common_realize: Assertion `chr' failed.", 917)
         # we allocate enough space for 16 peers and grow as needed (seed 922-923)
         resize_peers(s, 16)
         if s.proc.variant.msi_vectors_before_recv_setup:
@@ -1114,7 +1118,9 @@ def realize_device(
         master=str(values.get("master", "off")),
         chardev=bool(values.get("chardev", False)),
         hostmem=memdev_size is not None,
-        bar2_64bit=device_type != "ivshmem" or bool(values.get("use64")),
+        # seed 906-908; inverted before b2b79a696052
+        bar2_64bit=(device_type != "ivshmem" or bool(values.get("use64")))
+        != proc.variant.before_b2b79a696052,
         bar2_size=_as_int(memdev_size),
         legacy_size=dtype.legacy_size,
     )
@@ -1191,7 +1197,7 @@ def _as_int(value: object) -> int:
 
 def ivshmem_plain_realize(s: IVShmemState, errp: Errp) -> None:
     """Seed 1094-1109 (a memdev is never busy here: one device per process)."""
-    if not s.hostmem:
+    if not s.hostmem and not s.proc.variant.before_6dc64780c2a8:
         errp.set("You must specify a 'memdev'")
         return
     if s.proc.variant.bar2_size_checked and not is_power_of_2(s.bar2_size):
@@ -1202,7 +1208,7 @@ def ivshmem_plain_realize(s: IVShmemState, errp: Errp) -> None:
 
 def ivshmem_doorbell_realize(s: IVShmemState, errp: Errp) -> None:
     """Seed 1162-1172."""
-    if not s.chardev:
+    if not s.chardev and not s.proc.variant.before_6dc64780c2a8:
         errp.set("You must specify a 'chardev'")
         return
     ivshmem_common_realize(s, errp)

@@ -156,6 +156,29 @@ class Variant:
         "intrmask as they were",
     )
 
+    before_47213eb11047: bool = flag(
+        "47213eb11047", "776-781, 393-394",
+        "before the fix of irqfd's crash with msi=off (2.5.0), msi_vectors was allocated "
+        "only for a device with MSI (with msix_init_exclusive_bar, as ivshmem_setup_msi "
+        "allocated its eventfd table in 2.4); the legacy device with msi=off then used "
+        "s->msi_vectors[vector] through NULL in watch_vector_notifier when its own eventfds "
+        "arrived (393-394)",
+    )
+    before_6dc64780c2a8: bool = flag(
+        "6dc64780c2a8", "1098-1100, 1166-1169, 916-917",
+        "before 'plain/doorbell without memdev/chardev' was fixed (2.6.0), ivshmem-plain "
+        "did not require a memdev nor ivshmem-doorbell a chardev: realize went on to the "
+        "server path of ivshmem_common_realize with no chardev (on the seed: assert(chr), "
+        "917)",
+    )
+    before_b2b79a696052: bool = flag(
+        "b2b79a696052", "906-908",
+        "before 'Fix 64 bit memory bar configuration' (2.8), the test read "
+        "'if (!s->not_legacy_32bit)': ivshmem-plain, ivshmem-doorbell and the legacy "
+        "default use64=1 got a 32-bit BAR2, use64=0 a 64-bit one (the inverted test "
+        "survives in out-of-tree copies of the 2.6/2.7 device)",
+    )
+
     # --- our corrections (the 'fixed' variant) -----------------------------------------------
     keep_peer_eventfds_array: bool = flag(
         "proposed", "439, 1001-1005",
@@ -283,7 +306,8 @@ FIXED = replace(
 
 BEFORE_COMMITS = (
     "a40227911c4c", "089fd8037619", "e6a354be6ea0", "0b88dd942073", "9db51b4d64de",
-    "1ee57de444ac", "62a830b688a9", "2d1d422d1145", "972ad21553fd",
+    "1ee57de444ac", "62a830b688a9", "2d1d422d1145", "972ad21553fd", "47213eb11047",
+    "6dc64780c2a8", "b2b79a696052",
 )
 BEFORE: tuple[Variant, ...] = tuple(
     replace(SEED, name=f"before-{commit}", **{f"before_{commit}": True})

@@ -385,6 +385,7 @@ def readme_text(folder: str | Path) -> str:
             f"{violated} | {found_by(cx)} | {len(cx.trace.steps)} | "
             f"{'yes' if is_minimal(cx) else 'no'} | {on_qemu(cx)} |"
         )
+    lines += history_lines(corpus)
     groups = duplicates(cx for _, cx in corpus)
     lines.append("")
     if groups:
@@ -393,6 +394,43 @@ def readme_text(folder: str | Path) -> str:
     else:
         lines.append("No duplicates (same property and site, equal up to endpoint renumbering).")
     return "\n".join(lines) + "\n"
+
+
+def history_lines(corpus: list[tuple[Path, Counterexample]]) -> list[str]:
+    """The README's history table (``properties.history``): per fix, the shortest corpus
+    entry on which its ``before-<commit>`` variant fails while the variant with the fix holds;
+    then the fixes the model cannot tell apart, with the reason."""
+    from properties.history import HISTORY
+
+    lines = [
+        "",
+        "## History",
+        "",
+        "Each behaviour-changing fix of the device's past (facts §6.2, §6.1) that the model "
+        "can revert, found unaided by `ivshmem-model history` (the differential explorer over "
+        "the `before-<commit>` variant against the variant with the fix).",
+        "",
+        "| fix | release | what broke | property | found by | steps | entry |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fix in HISTORY:
+        if fix.search is None:
+            continue
+        shows = [
+            cx for _, cx in corpus
+            if (expect := dict(cx.expect)).get(fix.variant, "holds") != "holds"
+            and expect.get(fix.search.baseline) == "holds"
+        ]
+        if not shows:
+            lines.append(f"| {fix.commit} | {fix.release} | {fix.broke} | - | - | - | none |")
+            continue
+        cx = min(shows, key=lambda c: (len(c.trace.steps), c.name))
+        lines.append(f"| {fix.commit} | {fix.release} | {fix.broke} | {cx.property} | "
+                     f"{found_by(cx)} | {len(cx.trace.steps)} | [{cx.name}]({cx.name}.json) |")
+    lines += ["", "Not told apart at this level of abstraction:", ""]
+    lines += [f"* {fix.commit} ({fix.release}): {fix.broke}. {fix.unmodelled[0].upper()}"
+              f"{fix.unmodelled[1:]}." for fix in HISTORY if fix.search is None]
+    return lines
 
 
 def write_readme(folder: str | Path) -> bool:

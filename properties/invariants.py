@@ -249,6 +249,17 @@ def msi_rule(state: SystemState) -> str | None:
     return None
 
 
+def bar2_width(state: SystemState) -> str | None:
+    """ivshmem-plain and ivshmem-doorbell have a 64-bit BAR2 (their instance_init sets
+    not_legacy_32bit, seed 1091 and 1159, and realize makes BAR2 64-bit from it, 906-908): a
+    guest may place the shared memory above 4 GiB."""
+    for e, ep in _running(state):
+        device = ep.device
+        if device is not None and device.type != "ivshmem" and not device.bar2_64bit:
+            return f"endpoint {e}: {device.type} has a 32-bit BAR2"
+    return None
+
+
 def _has(kind: str) -> Callable[[list[Observation]], bool]:
     return lambda obs: any(kind in o for o in obs)
 
@@ -267,6 +278,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("master_unique", "always", master_unique.__doc__ or "", check=master_unique),
     Property("no_hang", "always", no_hang.__doc__ or "", check=no_hang),
     Property("msi_rule", "always", msi_rule.__doc__ or "", check=msi_rule),
+    Property("bar2_width", "always", bar2_width.__doc__ or "", check=bar2_width),
     Property(
         "doorbell_reaches_msi", "sometimes",
         "Some step delivers an MSI to a guest: the model can ring a doorbell end to end.",

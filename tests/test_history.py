@@ -113,3 +113,80 @@ def test_a_post_seed_fix_is_reverted_from_the_release_that_has_it(
         and expect.get(f"before-{commit}", "holds") != "holds"
     ]
     assert shown, f"no counterexample shows before-{commit} against {base.name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# properties/history.py: every fix, modelled or said why not
+
+
+def test_every_before_variant_has_its_fix_in_the_history() -> None:
+    from properties.history import BY_COMMIT
+
+    variants = {v.name for v in (*BEFORE, *BEFORE_POST_SEED)}
+    modelled = {fix.variant for fix in BY_COMMIT.values() if fix.search is not None}
+    assert variants == modelled
+    for fix in BY_COMMIT.values():
+        assert fix.broke and fix.release
+        assert (fix.search is None) == bool(fix.unmodelled), fix.commit
+
+
+@pytest.mark.parametrize("commit", [f.commit for f in __import__(
+    "properties.history", fromlist=["HISTORY"]).HISTORY if f.search is not None])
+def test_the_differential_explorer_finds_every_modelled_fix_unaided(commit: str) -> None:
+    """The search the history names finds a violation under the before-variant that the
+    variant with the fix holds, and the trace replays so on both."""
+    from properties.corpus import outcome
+    from properties.history import BY_COMMIT, hunt
+
+    fix = BY_COMMIT[commit]
+    assert fix.search is not None
+    finding, _seconds = hunt(fix)
+    assert finding is not None, f"{fix.variant} not found within depth {fix.search.depth}"
+    config = fix.search.resolve()
+    from model.variants import get_variant
+
+    assert outcome(config, finding.path, get_variant(fix.variant), finding.property) \
+        == finding.site
+    assert outcome(config, finding.path, get_variant(fix.search.baseline),
+                   finding.property) is None
+
+
+def test_msi_off_without_msi_vectors_crashes_only_before_47213eb11047() -> None:
+    from model.actions import Deliver
+
+    config = contrib(endpoints=1)
+    steps = (Connect(0), Realize(0, "ivshmem", (("chardev", True), ("msi", False))),
+             Deliver(0))
+    variant = next(v for v in BEFORE if v.name == "before-47213eb11047")
+    hit = run(config, *steps, variant=variant).first("memory_safety")
+    assert hit is not None and hit.step == 2 and "seed 393" in hit.message
+    assert run(config, *steps).first("memory_safety") is None
+
+
+@pytest.mark.parametrize("device", ["ivshmem-plain", "ivshmem-doorbell"])
+def test_plain_and_doorbell_without_backend(device: str) -> None:
+    """The seed refuses them with QEMU's error; before 6dc64780c2a8 realize reached the server
+    path with no chardev (seed 917)."""
+    config = contrib(endpoints=1)
+    seed = run(config, Realize(0, device))
+    assert seed.first("no_abort") is None
+    errors = [o for o in seed.steps[0].observations if "error" in o]
+    assert errors and "You must specify a" in str(errors[0])
+    variant = next(v for v in BEFORE if v.name == "before-6dc64780c2a8")
+    hit = run(config, Realize(0, device), variant=variant).first("no_abort")
+    assert hit is not None and "Assertion `chr' failed" in hit.message
+
+
+def test_bar2_type_bits_follow_use64_and_its_inversion() -> None:
+    from model.actions import ConfigRead
+
+    variant = next(v for v in BEFORE if v.name == "before-b2b79a696052")
+    for device, props, want_64 in (("ivshmem-doorbell", (("chardev", True),), True),
+                                   ("ivshmem", (("chardev", True), ("use64", 0)), False),
+                                   ("ivshmem", (("chardev", True), ("use64", 1)), True)):
+        steps = (Connect(0), Realize(0, device, props), ConfigRead(0, "bar2"))
+        for v, expect_64 in ((SEED, want_64), (variant, not want_64)):
+            result = run(contrib(endpoints=1), *steps, variant=v)
+            assert result.disabled_step is None
+            value = next(o["read"] for o in result.steps[-1].observations if "read" in o)
+            assert bool(int(value) & 0x4) == expect_64, (device, props, v.name)

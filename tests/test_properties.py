@@ -100,6 +100,12 @@ def test_intx_rule_fails_when_a_doorbell_device_raises_intx() -> None:
     assert message == "endpoint 0: INTx level 1, expected 0"
 
 
+def test_bar2_width_fails_for_a_32_bit_doorbell_bar() -> None:
+    message = BY_NAME["bar2_width"].check(with_device(quiet_pair(), 1, bar2_64bit=False))  # type: ignore[misc]
+    assert message == "endpoint 1: ivshmem-doorbell has a 32-bit BAR2"
+    assert BY_NAME["bar2_width"].check(quiet_pair()) is None  # type: ignore[misc]
+
+
 def test_fd_conservation_sees_a_leak() -> None:
     state = quiet_pair()
     device = state.endpoints[0].device
@@ -123,5 +129,5 @@ def test_site_of_names_the_seed_line() -> None:
 def test_every_safety_property_has_a_failing_test_above() -> None:
     tested = {"vector_bounds", "mask_balance", "route_balance", "memory_safety", "no_abort",
               "fd_conservation", "no_hang", "id_unique", "master_unique", "peer_view",
-              "ivposition", "intx_rule", "msi_rule"}
+              "ivposition", "intx_rule", "msi_rule", "bar2_width"}
     assert {p.name for p in SAFETY} == tested
