@@ -112,7 +112,7 @@ class IVShmemState(PCIDevice):
         "endpoint", "features", "hostmem", "hostmem_data", "interrupt_pin", "intrmask",
         "intrstatus", "ioeventfds", "irq_level", "legacy_size", "master", "migration_blocker",
         "msg_buffered_bytes", "msi_vectors", "msi_vectors_block", "nb_peers", "peers",
-        "peers_block", "realizing", "type", "vectors", "vm_id",
+        "peers_block", "realizing", "setup_stage", "type", "vectors", "vm_id",
     )
 
     def __init__(self, proc: Proc, d: Device) -> None:
@@ -144,6 +144,7 @@ class IVShmemState(PCIDevice):
         self.msg_buffered_bytes = d.msg_buffered_bytes
         self.migration_blocker = d.migration_blocker
         self.ioeventfds = list(d.ioeventfds)
+        self.setup_stage = d.setup_stage
         self.realizing = False  # BAR0 is mapped only once realize is over
         self.chardev_null = False  # chardev_backend "null" (realize only: it never completes)
         if d.msix.notifiers:
@@ -184,6 +185,7 @@ class IVShmemState(PCIDevice):
             pci=self.pci,
             bar2_64bit=self.bar2_64bit,
             hostmem_data=self.hostmem_data,
+            setup_stage=self.setup_stage,
         )
         return d if device == d else device
 
@@ -705,10 +707,58 @@ def ivshmem_read(s: IVShmemState, msg: int, fd: int) -> None:
         raise Abort("ivshmem_can_receive: Assertion `s->msg_buffered_bytes < "
                     "sizeof(s->msg_buf)' failed.", 627)
     s.msg_buffered_bytes = 0
+    if s.setup_stage and ivshmem_read_setup(s, msg, fd):
+        return
     err = Errp()
     process_msg(s, msg, fd, err)
     if err.msg is not None:
         s.proc.error_report(err.msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Before 3a55fc0f2431 and 1309cf448a6d (2.6.0): the asynchronous setup of QEMU 2.5
+# (hw/misc/ivshmem.c of 2.5: pci_ivshmem_realize, ivshmem_check_version, ivshmem_read)
+
+INCOMPATIBLE_VERSION = ("incompatible version, you are connecting to a ivshmem-server using a "
+                        "different protocol please check your setup")
+
+
+def ivshmem_async_setup(s: IVShmemState, errp: Errp) -> None:
+    """2.5's realize with a server: interrupts first, room for 16 peers, no ID yet (vm_id -1),
+    BAR2 registered as an empty container of the device's size (the shared memory joins it
+    when the server sends it), the chardev handed to ivshmem_check_version; realize returns
+    without reading anything."""
+    err = Errp()
+    if ivshmem_setup_interrupts(s, err) < 0:
+        errp.set("failed to initialize interrupts")
+        return
+    resize_peers(s, 16)
+    s.vm_id = -1
+    s.bar2_size = s.legacy_size
+    s.setup_stage = "version"
+
+
+def ivshmem_read_setup(s: IVShmemState, msg: int, fd: int) -> bool:
+    """What 2.5 did with a message before the seed's ``process_msg`` sees it; True when it
+    took the message.  The first message is the version (2.5 ivshmem_check_version: on a
+    mismatch the chardev is deleted, the fd that came with it left open); then the first
+    message without fd and a position >= 0 while vm_id is -1 is the device's ID (2.5
+    ivshmem_read, after growing peers[] to hold it)."""
+    if s.setup_stage == "version":
+        if fd != -1 or msg != IVSHMEM_PROTOCOL_VERSION:
+            s.proc.error_report(INCOMPATIBLE_VERSION)
+            # qemu_chr_delete: the device stops reading (the model keeps the socket itself)
+            s.chardev = False
+            s.setup_stage = ""
+            return True
+        s.setup_stage = "messages"
+        return True
+    if fd == -1 and 0 <= msg <= IVSHMEM_MAX_PEERS and s.vm_id == -1:
+        if msg >= s.nb_peers:
+            resize_peers(s, msg + 1)
+        s.vm_id = msg
+        return True
+    return False
 
 
 INT64_MIN = -(2**63)
@@ -904,6 +954,14 @@ def ivshmem_common_realize(s: IVShmemState, errp: Errp) -> None:
     else:
         if not s.chardev:  # plain/doorbell checked it before 6dc64780c2a8 (seed 1098, 1166)
             raise Abort("ivshmem_common_realize: Assertion `chr' failed.", 917)
+        if s.proc.variant.before_3a55fc0f2431 and s.legacy_size != SIZE_MAX:
+            err = Errp()
+            ivshmem_async_setup(s, err)
+            if err:
+                errp.set(err.msg or "")
+                return
+            ivshmem_common_realize_end(s)
+            return
         # we allocate enough space for 16 peers and grow as needed (seed 922-923)
         resize_peers(s, 16)
         if s.proc.variant.msi_vectors_before_recv_setup:
@@ -921,6 +979,11 @@ def ivshmem_common_realize(s: IVShmemState, errp: Errp) -> None:
         if ivshmem_setup_interrupts(s, err) < 0:
             errp.set(f"Failed to initialize interrupts: {err.msg}")
             return
+    ivshmem_common_realize_end(s)
+
+
+def ivshmem_common_realize_end(s: IVShmemState) -> None:
+    """Seed 951-967: master=auto resolved, the peer-mode migration blocker, BAR2."""
     if s.master == "auto":
         s.master = "on" if s.vm_id == 0 else "off"
     if not ivshmem_is_master(s):

@@ -210,6 +210,9 @@ class Device:
     pci: PciConfig = DEFAULT_PCI
     bar2_64bit: bool = True  # PCI_BASE_ADDRESS_MEM_TYPE_64 (seed 906-908)
     hostmem_data: tuple[tuple[int, int], ...] = ()  # the memdev's non-zero bytes
+    # Before 3a55fc0f2431, setup went on after realize: "version" (the next message goes to
+    # ivshmem_check_version), then "messages" (ivshmem_read); "" once synchronous (the seed).
+    setup_stage: str = ""
     _hash: int = _hash_slot()
 
 

@@ -171,6 +171,16 @@ class Variant:
         "server path of ivshmem_common_realize with no chardev (on the seed: assert(chr), "
         "917)",
     )
+    before_3a55fc0f2431: bool = flag(
+        "3a55fc0f2431", "925-930, 678-746 (with 1309cf448a6d)",
+        "before 'Receive shared memory synchronously in realize' (2.6.0), the legacy device "
+        "took its setup after realize, as QEMU 2.5 did: realize set up interrupts, registered "
+        "BAR2 empty and returned; the version, the ID and the shared memory came later "
+        "through the chardev handlers, so the guest saw IVPosition -1 and no shared memory "
+        "until they arrived.  A version mismatch deleted the chardev (the model stops the "
+        "device reading; it does not close the socket).  The legacy device only: "
+        "ivshmem-doorbell came after the synchronous setup",
+    )
     before_b2b79a696052: bool = flag(
         "b2b79a696052", "906-908",
         "before 'Fix 64 bit memory bar configuration' (2.8), the test read "
@@ -307,7 +317,7 @@ FIXED = replace(
 BEFORE_COMMITS = (
     "a40227911c4c", "089fd8037619", "e6a354be6ea0", "0b88dd942073", "9db51b4d64de",
     "1ee57de444ac", "62a830b688a9", "2d1d422d1145", "972ad21553fd", "47213eb11047",
-    "6dc64780c2a8", "b2b79a696052",
+    "6dc64780c2a8", "b2b79a696052", "3a55fc0f2431",
 )
 BEFORE: tuple[Variant, ...] = tuple(
     replace(SEED, name=f"before-{commit}", **{f"before_{commit}": True})

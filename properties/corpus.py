@@ -354,9 +354,10 @@ def _variants_text(names: list[str]) -> str:
     """Variant names in registry order, every ``before-*`` variant folded into one word."""
     ordered = [name for name in VARIANTS if name in names]
     before = [name for name in VARIANTS if name.startswith("before-")]
-    if before and all(name in names for name in before):
+    missing = [name for name in before if name not in names]
+    if before and len(missing) <= 3 and len(missing) < len(before):
         ordered = [name for name in ordered if not name.startswith("before-")]
-        ordered.append("every before-*")
+        ordered.append("every before-*" + (f" but {', '.join(missing)}" if missing else ""))
     return ", ".join(ordered)
 
 

@@ -67,9 +67,8 @@ def _one_device(device: str, props: tuple[tuple[str, object], ...] = ()) -> Conf
                   realize=((device, props),))  # type: ignore[arg-type]
 
 
-_ASYNC = ("the device's setup before 2.6 was asynchronous (ivshmem_check_version, then "
-          "ivshmem_read after realize, a FIFO for partial messages); the model has only the "
-          "synchronous ivshmem_recv_setup of 2.6 and later, so this fix has no variant yet")
+_ASYNC = ("before-3a55fc0f2431 has the asynchronous setup of 2.5 (realize returns, then "
+          "ivshmem_check_version and ivshmem_read take the setup messages)")
 
 _LEGACY_MSI = _one_device("ivshmem", (("chardev", True), ("msi", True), ("size", "4M")))
 _VECTORS_65537 = Config(endpoints=1, server=ServerConfig(vectors=2),
@@ -102,6 +101,10 @@ HISTORY: tuple[Fix, ...] = (
         "ivshmem-plain without memdev and ivshmem-doorbell without chardev crashed QEMU in "
         "realize",
         Search(_one_device("ivshmem-plain"), 2), "plain-without-memdev-aborts"),
+    Fix("3a55fc0f2431", "2.6.0",
+        "shared memory arrived after realize: the guest saw IVPosition -1 and no shared "
+        "memory until the server's messages came, and both changed under it",
+        Search("legacy-intx", 2), "ivposition-before-setup"),
     Fix("b2b79a696052", "2.8.0",
         "use64 had the opposite sense: ivshmem-plain/-doorbell got a 32-bit BAR2",
         Search("contrib-tcg", 3), "bar2-32-bit"),
@@ -130,19 +133,25 @@ HISTORY: tuple[Fix, ...] = (
         "msix_init took an unsigned short: vectors >= 65536 were truncated",
         Search(_VECTORS_65537, 2, baseline="fixed"), "msix-table-truncated-to-one-entry"),
     # --- not modelled, and why ---------------------------------------------------------------
-    Fix("3a55fc0f2431", "2.6.0",
-        "shared memory arrived after realize: BAR2 and IVPosition changed under the guest, "
-        "migration could lose the memory", unmodelled=_ASYNC),
     Fix("1309cf448a6d", "2.6.0",
         "(with 3a55fc0f2431) realize did not wait for the server's setup messages",
-        unmodelled=_ASYNC),
+        unmodelled="the other half of one change, reverted together with 3a55fc0f2431 in "
+        "before-3a55fc0f2431"),
     Fix("a3feb08639e7", "2.6.0",
-        "an interrupt-setup message before the ID was misread", unmodelled=_ASYNC),
+        "an interrupt-setup message before the ID was misread",
+        unmodelled=_ASYNC + ", with its ID detection; but only a server that sends an "
+        "eventfd before the ID trips it, the contrib server never does, and for a scripted "
+        "server no property knows which ID was meant (ivposition and peer_view judge the "
+        "contrib server only)"),
     Fix("71c265816dd2", "2.6.0",
-        "a version mismatch deleted the chardev under the device", unmodelled=_ASYNC),
+        "a version mismatch deleted the chardev under the device",
+        unmodelled=_ASYNC + ", which deletes the chardev on a mismatch; what the fix kept is "
+        "the socket, which the model does not close (see the flag's text)"),
     Fix("cd9953f720e1", "2.6.0",
         "invalid peer IDs were rejected late, in the asynchronous reader",
-        unmodelled=_ASYNC),
+        unmodelled="2.5's reader dropped a position < -1 and refused one past "
+        "IVSHMEM_MAX_PEERS when growing peers[], closing the fd: the same fate as the seed's "
+        "early check (601-605) for every message, another error text"),
     Fix("d855e2756554", "2.6.0",
         "a failed realize left its migration blocker registered",
         unmodelled="the model keeps a migration blocker per device, not QEMU's global list of "

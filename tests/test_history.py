@@ -190,3 +190,39 @@ def test_bar2_type_bits_follow_use64_and_its_inversion() -> None:
             assert result.disabled_step is None
             value = next(o["read"] for o in result.steps[-1].observations if "read" in o)
             assert bool(int(value) & 0x4) == expect_64, (device, props, v.name)
+
+
+def test_before_3a55fc0f2431_the_setup_arrives_after_realize() -> None:
+    """2.5's asynchronous setup: realize reads nothing, IVPosition reads -1 until the ID
+    message is delivered, and the shared memory is mapped only when its message comes."""
+    from model.actions import Deliver, MmioRead
+
+    variant = next(v for v in BEFORE if v.name == "before-3a55fc0f2431")
+    legacy = Realize(0, "ivshmem", (("chardev", True), ("msi", False)))
+    steps = (Connect(0), legacy, MmioRead(0, int(Reg.IVPOSITION)), Deliver(0), Deliver(0),
+             MmioRead(0, int(Reg.IVPOSITION)), Deliver(0))
+    result = run(contrib(endpoints=1), *steps, variant=variant)
+    assert result.disabled_step is None
+    reads = [o["read"] for s in result.steps for o in s.observations if "read" in o]
+    assert reads == [0xFFFFFFFF, 0]
+    assert result.first("ivposition") is not None
+    device = result.final.endpoints[0].device
+    assert device is not None and device.bar2 == "server"
+    # the seed reads the whole setup in realize: IVPosition is the ID from the first read on
+    seed = run(contrib(endpoints=1), Connect(0), legacy, MmioRead(0, int(Reg.IVPOSITION)))
+    assert [o["read"] for o in seed.steps[-1].observations if "read" in o] == [0]
+
+
+def test_before_3a55fc0f2431_a_wrong_version_deletes_the_chardev() -> None:
+    from model.actions import Config as TraceConfig
+    from model.actions import Deliver, HostConfig, ServerConfig, ServerSend
+
+    variant = next(v for v in BEFORE if v.name == "before-3a55fc0f2431")
+    legacy = Realize(0, "ivshmem", (("chardev", True), ("msi", False)))
+    config = TraceConfig(endpoints=1, server=ServerConfig(policy="scripted"),
+                         host=HostConfig())
+    result = run(config, Connect(0), legacy, ServerSend(0, 7), Deliver(0), ServerSend(0, 0),
+                 Deliver(0), variant=variant)
+    assert result.disabled_step == 5  # nothing reads the socket any more
+    errors = [o["error"] for o in result.steps[3].observations if "error" in o]
+    assert errors and errors[0].startswith("incompatible version")
