@@ -19,6 +19,7 @@ from ivshmem_model.campaign_cli import add_subcommands as add_campaign_subcomman
 from ivshmem_model.conform_cli import add_backend_options, replay_on_qemu, run_on_qemu
 from ivshmem_model.conform_cli import add_subcommands as add_conform_subcommands
 from ivshmem_model.corpus_cli import add_subcommands as add_corpus_subcommands
+from ivshmem_model.dossier_cli import add_subcommands as add_dossier_subcommands
 from model.actions import Action, Deliver, TraceError, load_counterexample, load_trace
 from model.executor.cli import add_subcommands as add_executor_subcommands
 from model.state import SystemState
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_graph_subcommands(sub)
     add_prove_subcommands(sub)
     add_corpus_subcommands(sub)
+    add_dossier_subcommands(sub)
     add_conform_subcommands(sub)
     add_executor_subcommands(sub)
     add_campaign_subcommands(sub)
