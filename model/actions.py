@@ -171,7 +171,7 @@ class Action:
             if f.name == "props":
                 value = dict(value)
             if (f.name == "offset" and isinstance(self, PbaRead) and value == 0) or (
-                    f.name in ("hotplug", "extra_fds") and not value):
+                    f.name in ("hotplug", "extra_fds", "bytes") and not value):
                 continue  # optional field: keep traces written before it byte-identical
             if f.name == "extra_fds":
                 value = list(value)
@@ -260,8 +260,13 @@ class Realize(Action):
 
 @dataclass(frozen=True, slots=True)
 class Deliver(Action):
+    """The device reads the next message off its socket.  An extension: with ``bytes``
+    (1-7), only that many bytes of it have arrived (the server wrote the message in two
+    parts; its descriptors came with the first); a later ``deliver`` brings the rest."""
+
     name: ClassVar[str] = "deliver"
     endpoint: int
+    bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +498,8 @@ def _check_field(cls: type[Action], key: str, value: Any) -> Any:
                 )
             return text
         return _props(value)
+    if cls is Deliver:
+        return _int(value, key, 0, 7)
     if cls in (MmioRead, MmioWrite):
         if key == "offset":
             return _int(value, key, 0, 255)

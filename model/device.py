@@ -761,6 +761,19 @@ def ivshmem_read_setup(s: IVShmemState, msg: int, fd: int) -> bool:
     return False
 
 
+def ivshmem_read_part(s: IVShmemState, size: int) -> None:
+    """Seed 631-643: ``size`` bytes of a message, fewer than it lacks: ``ivshmem_can_receive``
+    (623-629) lets the chardev read at most what fills ``msg_buf``, ``ivshmem_read`` buffers
+    them and returns.  Its descriptors wait in the chardev until ``qemu_chr_fe_get_msgfd``
+    (647) takes them with the last byte; the model keeps them with the queued message."""
+    if not s.msg_buffered_bytes < 8:
+        raise Abort("ivshmem_can_receive: Assertion `s->msg_buffered_bytes < "
+                    "sizeof(s->msg_buf)' failed.", 627)
+    if s.msg_buffered_bytes + size >= 8:
+        raise WouldBlock  # that is the whole message (or more than it): a plain deliver
+    s.msg_buffered_bytes += size
+
+
 INT64_MIN = -(2**63)
 
 

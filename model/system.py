@@ -404,6 +404,9 @@ def _deliver(state: SystemState, a: Deliver) -> StepResult | None:
         return None
 
     def body(s: dev.IVShmemState) -> None:
+        if a.bytes:
+            dev.ivshmem_read_part(s, a.bytes)  # the message stays queued until complete
+            return
         msg, fd = s.proc.world.pop_message(a.endpoint)
         if fd >= 0:
             s.proc.world.give(fd, a.endpoint)

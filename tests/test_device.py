@@ -379,3 +379,49 @@ def test_plain_device_has_no_peers() -> None:
     assert observations(scripted(), Realize(0, "ivshmem-plain", (("memdev_size", 1 << 20),)),
                         Ring(0, 8, 0)) == []
     assert SEED.name == "seed"
+
+
+# ---------------------------------------------------------------------------------------------
+# A message in two parts (deliver with bytes)
+
+
+def test_a_message_in_parts_is_buffered_until_its_eighth_byte() -> None:
+    from model.actions import Connect, Deliver
+
+    config = contrib(endpoints=1, vectors=2)
+    setup = (Connect(0), doorbell(0, vectors=2))
+    state = play(config, *setup, Deliver(0, 3), Deliver(0, 4))
+    device = state.endpoints[0].device
+    assert device is not None and device.msg_buffered_bytes == 7
+    assert 0 not in dict(device.peers)  # nothing filed yet (the slot is still the default)
+    assert len(state.channels[0]) == 2  # the message waits whole in the channel
+    state = play(config, *setup, Deliver(0, 3), Deliver(0, 4), Deliver(0))
+    device = state.endpoints[0].device
+    assert device is not None and device.msg_buffered_bytes == 0
+    assert dict(device.peers)[0].nb_eventfds == 1
+    assert len(state.channels[0]) == 1
+
+
+def test_a_part_that_would_complete_the_message_is_not_enabled() -> None:
+    from model.actions import Connect, Deliver
+
+    config = contrib(endpoints=1)
+    result = run(config, Connect(0), doorbell(0), Deliver(0, 5), Deliver(0, 3))
+    assert result.disabled_step == 3
+    assert run(config, Connect(0), doorbell(0), Deliver(0, 5), Deliver(0, 2)).disabled_step \
+        is None
+
+
+def test_deliver_bytes_in_json() -> None:
+    from model.actions import Deliver, TraceError, action_from_json
+
+    assert Deliver(0).to_json() == {"action": "deliver", "endpoint": 0}
+    assert Deliver(0, 3).to_json() == {"action": "deliver", "endpoint": 0, "bytes": 3}
+    assert action_from_json({"action": "deliver", "endpoint": 0, "bytes": 3}) == Deliver(0, 3)
+    for bad in (8, -1, 2.0, True):
+        try:
+            action_from_json({"action": "deliver", "endpoint": 0, "bytes": bad})
+        except TraceError as err:
+            assert "bytes" in str(err.where)
+        else:
+            raise AssertionError(f"bytes={bad!r} accepted")

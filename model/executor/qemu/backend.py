@@ -464,6 +464,12 @@ class _Session:
         machine = self._machine(a.endpoint)
         if not channel.queue or machine is None or channel.qemu is None:
             return None
+        if a.bytes:
+            if not channel.forward_part(a.bytes):
+                return None  # the rest of the message, or more: a plain deliver
+            channel.wait_read()
+            machine.sync()
+            return []
         channel.forward(1)
         channel.wait_read()
         machine.sync()

@@ -6,7 +6,8 @@ channel in between: QEMU's chardev connects to :attr:`Channel.path`, the server'
 queued here (from the contrib server's socket, or injected by ``server_send``), and only
 ``forward_setup`` (realize) and ``forward_one`` (deliver) pass them on, each waiting until QEMU
 has read the bytes (``TIOCOUTQ`` is 0) so the caller's next qtest round trip sees the handler's
-effect.
+effect.  ``forward_part`` (deliver with ``bytes``) writes only the first bytes of the next
+message, its descriptors with them; the next ``forward`` writes the rest.
 
 Doorbells between endpoints are held the same way.  With the contrib server, a peer's eventfd
 reaches another endpoint as a *stand-in* eventfd of ours (``Standin``); a doorbell QEMU rings
@@ -71,6 +72,7 @@ class Channel:
         # its vectors 0, 1, ... (a message without fd for that peer, a disconnect, clears it)
         self.delivered: dict[int, list[int]] = {}
         self.forwarded = 0  # messages passed to QEMU (the first two: version and ID)
+        self.head_sent = 0  # bytes of the next queued message already written (its fds too)
 
     # -- the server side -------------------------------------------------------------------------
 
@@ -149,14 +151,43 @@ class Channel:
         for _ in range(min(count, len(self.queue))):
             queued = self.queue.popleft()
             self._file(queued)
+            if self.head_sent:  # its first bytes and its fds went out already
+                with contextlib.suppress(OSError):
+                    sock.sendall(wire.MSG.pack(queued.value)[self.head_sent:])
+                self.head_sent = 0
+                self._close_fds(queued)
+                continue
             with contextlib.suppress(OSError):
                 wire.send_msg(sock, queued.value, queued.fd, queued.extra)
-            for fd in (queued.fd, *queued.extra):
-                if fd is not None:
-                    os.close(fd)
+            self._close_fds(queued)
         if self.server_closed and not self.queue:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
+
+    def forward_part(self, size: int) -> bool:
+        """Write ``size`` more bytes of the next message (with its fds if they are the first),
+        leaving at least one byte of it unsent; False if that is not possible."""
+        sock = self.qemu
+        if sock is None or not self.queue or self.head_sent + size >= wire.MSG.size:
+            return False
+        queued = self.queue[0]
+        data = wire.MSG.pack(queued.value)[self.head_sent:self.head_sent + size]
+        with contextlib.suppress(OSError):
+            if self.head_sent:
+                sock.sendall(data)
+            else:
+                sent = wire.send_some(sock, data, queued.fd, queued.extra)
+                if sent < size:
+                    sock.sendall(data[sent:])
+        self.head_sent += size  # our copies of its fds stay open until the message is filed
+        return True
+
+    @staticmethod
+    def _close_fds(queued: Queued) -> None:
+        """Our copies of a message's fds, once QEMU has been sent them."""
+        for fd in (queued.fd, *queued.extra):
+            if fd is not None:
+                os.close(fd)
 
     def _file(self, queued: Queued) -> None:
         """Keep a copy of a peer fd QEMU is being handed, where the device will file it."""
