@@ -72,7 +72,7 @@ def cmd_history(args: argparse.Namespace) -> int:
                              "--commit")
     folder = Path(args.folder)
     missed = 0
-    print(f"{'fix':13} {'release':8} {'property':15} {'site':36} {'steps':>5} {'seconds':>7}")
+    print(f"{'fix':13} {'release':8} {'property':18} {'site':36} {'steps':>5} {'seconds':>7}")
     for fix in fixes:
         finding, seconds = hunt(fix)
         if finding is None:
@@ -80,7 +80,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             print(f"{fix.commit:13} {fix.release:8} NOT FOUND within depth {fix.search.depth}"
                   if fix.search else fix.commit)
             continue
-        print(f"{fix.commit:13} {fix.release:8} {finding.property:15} "
+        print(f"{fix.commit:13} {fix.release:8} {finding.property:18} "
               f"{finding.site or '-':36} {len(finding.path):>5} {seconds:>7.2f}", flush=True)
         path = corpus_file(folder, fix)
         if args.write and not path.exists() and not _shown(folder, fix.variant):

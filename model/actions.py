@@ -592,6 +592,7 @@ class ServerConfig:
 class HostConfig:
     kvm_msi_irqfd: bool = False
     ioeventfd: bool = True
+    big_endian: bool = False  # an extension: a big-endian host (the QEMU backend has none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,6 +624,8 @@ class Config:
             },
             "host": {"kvm_msi_irqfd": self.host.kvm_msi_irqfd, "ioeventfd": self.host.ioeventfd},
         }
+        if self.host.big_endian:
+            out["host"]["big_endian"] = True
         if self.server.messages != DEFAULT_MESSAGES:
             out["server"]["messages"] = [list(m) for m in self.server.messages]
         if self.clients:
@@ -684,7 +687,7 @@ def config_from_json(obj: Any) -> Config:
     server = _object(obj.get("server", {}), "config.server")
     _only(server, ("policy", "vectors", "shm_size", "messages"), "config.server")
     host = _object(obj.get("host", {}), "config.host")
-    _only(host, ("kvm_msi_irqfd", "ioeventfd"), "config.host")
+    _only(host, ("kvm_msi_irqfd", "ioeventfd", "big_endian"), "config.host")
     policy = server.get("policy", "contrib")
     if policy not in ("contrib", "scripted"):
         raise TraceError(
@@ -709,6 +712,7 @@ def config_from_json(obj: Any) -> Config:
             host=HostConfig(
                 kvm_msi_irqfd=_bool(host.get("kvm_msi_irqfd", False), "host.kvm_msi_irqfd"),
                 ioeventfd=_bool(host.get("ioeventfd", True), "host.ioeventfd"),
+                big_endian=_bool(host.get("big_endian", False), "host.big_endian"),
             ),
             clients=tuple(sorted(set(clients))),
             realize=_device_choices(obj["realize"]) if "realize" in obj else (),

@@ -792,7 +792,14 @@ def ivshmem_recv_msg(s: IVShmemState, errp: Errp) -> tuple[int, int]:
     msg, fd = s.proc.world.pop_message(s.endpoint)
     if fd >= 0:
         s.proc.world.give(fd, s.endpoint)
+    if s.proc.big_endian and s.proc.variant.before_51af0ec9fa72:
+        msg = bswap64(msg)  # returned as read: no le64_to_cpu (seed 675)
     return msg, fd
+
+
+def bswap64(value: int) -> int:
+    """An int64 with its 8 bytes reversed: a little-endian message read as big-endian."""
+    return int.from_bytes(value.to_bytes(8, "little", signed=True), "big", signed=True)
 
 
 def ivshmem_recv_setup(s: IVShmemState, errp: Errp) -> None:

@@ -255,6 +255,7 @@ class Proc:
     """One endpoint's process during a step: its host facts, faults and observations."""
 
     __slots__ = (
+        "big_endian",
         "endpoint",
         "faults",
         "fd_handlers",
@@ -276,9 +277,11 @@ class Proc:
         irqfds: tuple[tuple[int, int], ...] = (),
         fd_handlers: tuple[tuple[int, int], ...] = (),
         faults: tuple[Fault, ...] = (),
+        big_endian: bool = False,
     ) -> None:
         self.world = world
         self.endpoint = endpoint
+        self.big_endian = big_endian
         self.variant = variant
         self.kvm_msi_irqfd = kvm_msi_irqfd
         self.kvm_routes = list(kvm_routes)

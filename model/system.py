@@ -131,6 +131,7 @@ class Work:
         return Proc(
             self.world, e, self.state.variant, self.state.config.host.kvm_msi_irqfd,
             ep.kvm_routes, ep.irqfds, ep.fd_handlers, ep.faults,
+            self.state.config.host.big_endian,
         )
 
     def store_proc(

@@ -181,6 +181,13 @@ class Variant:
         "device reading; it does not close the socket).  The legacy device only: "
         "ivshmem-doorbell came after the synchronous setup",
     )
+    before_51af0ec9fa72: bool = flag(
+        "51af0ec9fa72", "675",
+        "before 'ivshmem: fix ... byte order of setup messages' (2.11), ivshmem_recv_msg "
+        "returned the message as read, without le64_to_cpu: on a big-endian host (config "
+        "host.big_endian) every message of the synchronous setup came byte-swapped, so an "
+        "ID >= 1 was 'server sent invalid ID message' (2.9's ivshmem_recv_msg)",
+    )
     before_b2b79a696052: bool = flag(
         "b2b79a696052", "906-908",
         "before 'Fix 64 bit memory bar configuration' (2.8), the test read "
@@ -317,7 +324,7 @@ FIXED = replace(
 BEFORE_COMMITS = (
     "a40227911c4c", "089fd8037619", "e6a354be6ea0", "0b88dd942073", "9db51b4d64de",
     "1ee57de444ac", "62a830b688a9", "2d1d422d1145", "972ad21553fd", "47213eb11047",
-    "6dc64780c2a8", "b2b79a696052", "3a55fc0f2431",
+    "6dc64780c2a8", "b2b79a696052", "3a55fc0f2431", "51af0ec9fa72",
 )
 BEFORE: tuple[Variant, ...] = tuple(
     replace(SEED, name=f"before-{commit}", **{f"before_{commit}": True})

@@ -260,6 +260,22 @@ def bar2_width(state: SystemState) -> str | None:
     return None
 
 
+MALFORMED = ("server sent invalid", "server sent version")
+
+
+def protocol_agreement(state: SystemState) -> str | None:
+    """With the contrib server, no device fails its setup on a message it finds malformed
+    ("server sent invalid ID message", "server sent version ..."): the server and the device
+    speak one protocol, on any host."""
+    if state.config.server.policy != "contrib":
+        return None
+    for e, ep in enumerate(state.endpoints):
+        fate = ep.fate
+        if fate is not None and fate.kind == "failed" and fate.reason.startswith(MALFORMED):
+            return f"endpoint {e} refused the contrib server's setup: {fate.reason}"
+    return None
+
+
 def _has(kind: str) -> Callable[[list[Observation]], bool]:
     return lambda obs: any(kind in o for o in obs)
 
@@ -279,6 +295,8 @@ PROPERTIES: tuple[Property, ...] = (
     Property("no_hang", "always", no_hang.__doc__ or "", check=no_hang),
     Property("msi_rule", "always", msi_rule.__doc__ or "", check=msi_rule),
     Property("bar2_width", "always", bar2_width.__doc__ or "", check=bar2_width),
+    Property("protocol_agreement", "always", protocol_agreement.__doc__ or "",
+             check=protocol_agreement),
     Property(
         "doorbell_reaches_msi", "sometimes",
         "Some step delivers an MSI to a guest: the model can ring a doorbell end to end.",

@@ -226,3 +226,30 @@ def test_before_3a55fc0f2431_a_wrong_version_deletes_the_chardev() -> None:
     assert result.disabled_step == 5  # nothing reads the socket any more
     errors = [o["error"] for o in result.steps[3].observations if "error" in o]
     assert errors and errors[0].startswith("incompatible version")
+
+
+def test_bswap64_reverses_the_bytes_of_an_int64() -> None:
+    from model.device import bswap64
+
+    assert bswap64(0) == 0 and bswap64(-1) == -1
+    assert bswap64(1) == 1 << 56
+    assert bswap64(bswap64(0x0123456789ABCDEF)) == 0x0123456789ABCDEF
+
+
+def test_before_51af0ec9fa72_on_a_big_endian_host() -> None:
+    """ID 0 reads the same either way; ID 1 byte-swapped is 2**56, past IVSHMEM_MAX_PEERS.
+    On a little-endian host, or with the fix, nothing changes."""
+    from dataclasses import replace
+
+    from model.actions import HostConfig
+
+    variant = next(v for v in BEFORE if v.name == "before-51af0ec9fa72")
+    little = contrib()
+    big = replace(little, host=HostConfig(big_endian=True))
+    steps = (Connect(0), Connect(1), Realize(1, "ivshmem-doorbell", (("chardev", True),)))
+    hit = run(big, *steps, variant=variant).first("protocol_agreement")
+    assert hit is not None and "server sent invalid ID message" in hit.message
+    assert run(big, *steps).first("protocol_agreement") is None
+    assert run(little, *steps, variant=variant).first("protocol_agreement") is None
+    assert big.to_json()["host"]["big_endian"] is True
+    assert "big_endian" not in little.to_json()["host"]

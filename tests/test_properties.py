@@ -106,6 +106,20 @@ def test_bar2_width_fails_for_a_32_bit_doorbell_bar() -> None:
     assert BY_NAME["bar2_width"].check(quiet_pair()) is None  # type: ignore[misc]
 
 
+def test_protocol_agreement_fails_when_a_device_refuses_the_contrib_setup() -> None:
+    from model.state import Fate
+
+    state = quiet_pair()
+    endpoints = list(state.endpoints)
+    endpoints[1] = replace(endpoints[1], fate=Fate("failed", "server sent invalid ID message"),
+                           device=None)
+    broken = replace(state, endpoints=tuple(endpoints))
+    message = BY_NAME["protocol_agreement"].check(broken)  # type: ignore[misc]
+    assert message == ("endpoint 1 refused the contrib server's setup: server sent invalid ID "
+                       "message")
+    assert BY_NAME["protocol_agreement"].check(state) is None  # type: ignore[misc]
+
+
 def test_fd_conservation_sees_a_leak() -> None:
     state = quiet_pair()
     device = state.endpoints[0].device
@@ -129,5 +143,5 @@ def test_site_of_names_the_seed_line() -> None:
 def test_every_safety_property_has_a_failing_test_above() -> None:
     tested = {"vector_bounds", "mask_balance", "route_balance", "memory_safety", "no_abort",
               "fd_conservation", "no_hang", "id_unique", "master_unique", "peer_view",
-              "ivposition", "intx_rule", "msi_rule", "bar2_width"}
+              "ivposition", "intx_rule", "msi_rule", "bar2_width", "protocol_agreement"}
     assert {p.name for p in SAFETY} == tested

@@ -248,6 +248,8 @@ class _Session:
                               "under KVM")
         if self.kvm and not kvm_available():
             raise Unsupported("the KVM irqfd path needs /dev/kvm")
+        if self.config.host.big_endian:
+            raise Unsupported("host.big_endian: the QEMUs here run on a little-endian host")
 
     def _start_server(self) -> None:
         from model.executor.lockstep import RealServer
