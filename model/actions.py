@@ -607,6 +607,7 @@ class Config:
     host: HostConfig = field(default_factory=HostConfig)
     clients: tuple[int, ...] = ()
     realize: tuple[DeviceChoice, ...] = ()
+    hotplug: bool = False  # an extension: the checkers' realize is device_add (QEMU runs on)
 
     def realize_menu(self) -> tuple[DeviceChoice, ...]:
         if self.realize:
@@ -632,6 +633,8 @@ class Config:
             out["clients"] = list(self.clients)
         if self.realize:
             out["realize"] = [{"device": d, "props": dict(p)} for d, p in self.realize]
+        if self.hotplug:
+            out["hotplug"] = True
         return out
 
 
@@ -683,7 +686,7 @@ def _device_choices(value: Any) -> tuple[DeviceChoice, ...]:
 
 def config_from_json(obj: Any) -> Config:
     obj = _object(obj, "config")
-    _only(obj, ("endpoints", "server", "host", "clients", "realize"), "config")
+    _only(obj, ("endpoints", "server", "host", "clients", "realize", "hotplug"), "config")
     server = _object(obj.get("server", {}), "config.server")
     _only(server, ("policy", "vectors", "shm_size", "messages"), "config.server")
     host = _object(obj.get("host", {}), "config.host")
@@ -715,6 +718,7 @@ def config_from_json(obj: Any) -> Config:
                 big_endian=_bool(host.get("big_endian", False), "host.big_endian"),
             ),
             clients=tuple(sorted(set(clients))),
+            hotplug=_bool(obj.get("hotplug", False), "hotplug"),
             realize=_device_choices(obj["realize"]) if "realize" in obj else (),
         )
     except TraceError as err:

@@ -969,6 +969,8 @@ def ivshmem_common_realize(s: IVShmemState, errp: Errp) -> None:
     if ivshmem_has_feature(s, IVSHMEM_IOEVENTFD) and not ivshmem_has_feature(s, IVSHMEM_MSI):
         errp.set("ioeventfd/irqfd requires MSI")
         return
+    if s.proc.variant.before_d855e2756554 and s.master == "off":
+        s.migration_blocker = True  # 2.5: a peer's blocker first, before anything can fail
     if s.hostmem:
         s.bar2 = "hostmem"
     else:
@@ -1233,6 +1235,8 @@ def device_finalize(s: IVShmemState) -> None:
     Seen on QEMU 7.2.22: no descriptor is left after 'master must connect ...' on hot-plug."""
     if s.bar2 == "server" and s.proc.world.is_open(s.bar2_fd):
         s.proc.close(s.bar2_fd, "physmem.c reclaim_ramblock")
+    if s.migration_blocker:  # registered, and no error path removes it (before d855e2756554)
+        s.proc.blockers_left += 1
 
 
 def memdev_created(device_type: str, props: dict[str, object], variant: Variant,

@@ -256,6 +256,7 @@ class Proc:
 
     __slots__ = (
         "big_endian",
+        "blockers_left",
         "endpoint",
         "faults",
         "fd_handlers",
@@ -282,6 +283,7 @@ class Proc:
         self.world = world
         self.endpoint = endpoint
         self.big_endian = big_endian
+        self.blockers_left = 0  # migration blockers a failed realize left behind (this step)
         self.variant = variant
         self.kvm_msi_irqfd = kvm_msi_irqfd
         self.kvm_routes = list(kvm_routes)

@@ -252,6 +252,9 @@ class Endpoint:
     faults: tuple[Fault, ...] = ()
     launched: bool = False  # a QEMU process runs (it realized a device, or tried a hot-plug)
     memdevs: tuple[str, ...] = ()  # memory backends created in it (memdev_backend), in order
+    # migration blockers that devices which failed to realize left registered (before
+    # d855e2756554); the live device's own is Device.migration_blocker
+    stale_blockers: int = 0
     _hash: int = _hash_slot()
 
 

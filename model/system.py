@@ -157,6 +157,7 @@ class Work:
             faults=ep.faults if faults == ep.faults else faults,
             launched=ep.launched,
             memdevs=ep.memdevs,
+            stale_blockers=ep.stale_blockers,
         )
         self.obs.extend(proc.obs)
 
@@ -382,7 +383,8 @@ def _realize(state: SystemState, a: Realize) -> StepResult | None:
         return work.finish(a.endpoint, proc, None, _fate_of(exc))
     work.endpoints[a.endpoint] = replace(
         ep, launched=True,
-        memdevs=ep.memdevs + dev.memdev_created(a.device, dict(a.props), state.variant, memdev))
+        memdevs=ep.memdevs + dev.memdev_created(a.device, dict(a.props), state.variant, memdev),
+        stale_blockers=ep.stale_blockers + proc.blockers_left)
     if s is None:
         proc.obs.append({"error": error})
         if a.hotplug or ep.unplugged or ep.launched:
@@ -689,7 +691,7 @@ def _migrate(state: SystemState, a: Migrate) -> StepResult | None:
     if not _device_ready(ep):
         return None
     assert ep.device is not None
-    if ep.device.migration_blocker:
+    if ep.device.migration_blocker or ep.stale_blockers:
         work = Work(state)
         work.obs.append({"error": dev.MIGRATION_BLOCKER_TEXT})
         return work.commit()
@@ -825,7 +827,7 @@ def candidates(state: SystemState) -> Iterator[Action]:
         device = ep.device
         if device is None:
             for name, props in config.realize_menu():
-                yield Realize(e, name, props)
+                yield Realize(e, name, props, config.hotplug)
             continue
         yield MmioRead(e, int(dev.Reg.IVPOSITION), 4)
         if device.interrupt_pin:  # the legacy device: INTRMASK/INTRSTATUS may drive INTx

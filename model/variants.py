@@ -188,6 +188,13 @@ class Variant:
         "host.big_endian) every message of the synchronous setup came byte-swapped, so an "
         "ID >= 1 was 'server sent invalid ID message' (2.9's ivshmem_recv_msg)",
     )
+    before_d855e2756554: bool = flag(
+        "d855e2756554", "955-964",
+        "before the fix of the migration blocker a failed realize left behind (2.6.0), the "
+        "peer-mode blocker was registered first in realize, as 2.5 did, and no error path "
+        "removed it: after a failed device_add of a master=off device the QEMU could not "
+        "migrate any more",
+    )
     before_b2b79a696052: bool = flag(
         "b2b79a696052", "906-908",
         "before 'Fix 64 bit memory bar configuration' (2.8), the test read "
@@ -324,7 +331,7 @@ FIXED = replace(
 BEFORE_COMMITS = (
     "a40227911c4c", "089fd8037619", "e6a354be6ea0", "0b88dd942073", "9db51b4d64de",
     "1ee57de444ac", "62a830b688a9", "2d1d422d1145", "972ad21553fd", "47213eb11047",
-    "6dc64780c2a8", "b2b79a696052", "3a55fc0f2431", "51af0ec9fa72",
+    "6dc64780c2a8", "b2b79a696052", "3a55fc0f2431", "51af0ec9fa72", "d855e2756554",
 )
 BEFORE: tuple[Variant, ...] = tuple(
     replace(SEED, name=f"before-{commit}", **{f"before_{commit}": True})

@@ -72,6 +72,11 @@ _ASYNC = ("before-3a55fc0f2431 has the asynchronous setup of 2.5 (realize return
 
 _BIG_ENDIAN = Config(endpoints=2, server=ServerConfig(vectors=1),
                      host=HostConfig(kvm_msi_irqfd=False, big_endian=True))
+# device_add of a peer whose MSI-X table cannot be made (0 vectors): realize fails late
+_FAILED_HOTPLUG = Config(
+    endpoints=1, server=ServerConfig(vectors=1), host=HostConfig(kvm_msi_irqfd=False),
+    realize=(("ivshmem-doorbell", (("chardev", True), ("vectors", 0), ("master", "off"))),),
+    hotplug=True)
 _LEGACY_MSI = _one_device("ivshmem", (("chardev", True), ("msi", True), ("size", "4M")))
 _VECTORS_65537 = Config(endpoints=1, server=ServerConfig(vectors=2),
                         host=HostConfig(kvm_msi_irqfd=True),
@@ -107,6 +112,10 @@ HISTORY: tuple[Fix, ...] = (
         "shared memory arrived after realize: the guest saw IVPosition -1 and no shared "
         "memory until the server's messages came, and both changed under it",
         Search("legacy-intx", 2), "ivposition-before-setup"),
+    Fix("d855e2756554", "2.6.0",
+        "a failed realize left its migration blocker registered: after a failed device_add "
+        "the QEMU could not migrate",
+        Search(_FAILED_HOTPLUG, 2), "failed-hotplug-leaves-migration-blocker"),
     Fix("b2b79a696052", "2.8.0",
         "use64 had the opposite sense: ivshmem-plain/-doorbell got a 32-bit BAR2",
         Search("contrib-tcg", 3), "bar2-32-bit"),
@@ -158,11 +167,6 @@ HISTORY: tuple[Fix, ...] = (
         unmodelled="2.5's reader dropped a position < -1 and refused one past "
         "IVSHMEM_MAX_PEERS when growing peers[], closing the fd: the same fate as the seed's "
         "early check (601-605) for every message, another error text"),
-    Fix("d855e2756554", "2.6.0",
-        "a failed realize left its migration blocker registered",
-        unmodelled="the model keeps a migration blocker per device, not QEMU's global list of "
-        "blockers, so a blocker outliving a failed realize has nowhere to live; a property "
-        "'migration is blocked only by a live peer device' needs that list first"),
     Fix("3c27969b3e73", "2.6.0",
         "interrupts set up twice went unnoticed",
         unmodelled="the fix adds assertions (seed 393, 467) where the code before returned "

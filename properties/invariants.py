@@ -260,6 +260,16 @@ def bar2_width(state: SystemState) -> str | None:
     return None
 
 
+def migration_blockers(state: SystemState) -> str | None:
+    """A QEMU's migration is blocked only by its live peer-mode device: a device that failed
+    to realize leaves no migration blocker behind."""
+    for e, ep in _running(state):
+        if ep.stale_blockers:
+            return (f"endpoint {e}: {ep.stale_blockers} migration blocker(s) of a device that "
+                    "failed to realize")
+    return None
+
+
 MALFORMED = ("server sent invalid", "server sent version")
 
 
@@ -297,6 +307,8 @@ PROPERTIES: tuple[Property, ...] = (
     Property("bar2_width", "always", bar2_width.__doc__ or "", check=bar2_width),
     Property("protocol_agreement", "always", protocol_agreement.__doc__ or "",
              check=protocol_agreement),
+    Property("migration_blockers", "always", migration_blockers.__doc__ or "",
+             check=migration_blockers),
     Property(
         "doorbell_reaches_msi", "sometimes",
         "Some step delivers an MSI to a guest: the model can ring a doorbell end to end.",

@@ -253,3 +253,19 @@ def test_before_51af0ec9fa72_on_a_big_endian_host() -> None:
     assert run(little, *steps, variant=variant).first("protocol_agreement") is None
     assert big.to_json()["host"]["big_endian"] is True
     assert "big_endian" not in little.to_json()["host"]
+
+
+def test_before_d855e2756554_a_failed_device_add_keeps_qemu_from_migrating() -> None:
+    """A master=off doorbell whose MSI-X table cannot be made (0 vectors) fails to realize;
+    before the fix its migration blocker stayed, and the next device cannot migrate."""
+    variant = next(v for v in BEFORE if v.name == "before-d855e2756554")
+    failing = Realize(0, "ivshmem-doorbell", (("chardev", True), ("vectors", 0),
+                                              ("master", "off")), hotplug=True)
+    before = run(contrib(endpoints=1), Connect(0), failing, variant=variant)
+    hit = before.first("migration_blockers")
+    assert hit is not None and hit.step == 1
+    assert before.final.endpoints[0].stale_blockers == 1
+    seed = run(contrib(endpoints=1), Connect(0), failing)
+    assert seed.first("migration_blockers") is None
+    assert seed.final.endpoints[0].stale_blockers == 0
+    assert before.final.endpoints[0].fate is None  # device_add: QEMU runs on

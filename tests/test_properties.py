@@ -120,6 +120,16 @@ def test_protocol_agreement_fails_when_a_device_refuses_the_contrib_setup() -> N
     assert BY_NAME["protocol_agreement"].check(state) is None  # type: ignore[misc]
 
 
+def test_migration_blockers_fails_for_a_blocker_left_behind() -> None:
+    state = quiet_pair()
+    endpoints = list(state.endpoints)
+    endpoints[0] = replace(endpoints[0], stale_blockers=1)
+    message = BY_NAME["migration_blockers"].check(  # type: ignore[misc]
+        replace(state, endpoints=tuple(endpoints)))
+    assert message == "endpoint 0: 1 migration blocker(s) of a device that failed to realize"
+    assert BY_NAME["migration_blockers"].check(state) is None  # type: ignore[misc]
+
+
 def test_fd_conservation_sees_a_leak() -> None:
     state = quiet_pair()
     device = state.endpoints[0].device
@@ -143,5 +153,6 @@ def test_site_of_names_the_seed_line() -> None:
 def test_every_safety_property_has_a_failing_test_above() -> None:
     tested = {"vector_bounds", "mask_balance", "route_balance", "memory_safety", "no_abort",
               "fd_conservation", "no_hang", "id_unique", "master_unique", "peer_view",
-              "ivposition", "intx_rule", "msi_rule", "bar2_width", "protocol_agreement"}
+              "ivposition", "intx_rule", "msi_rule", "bar2_width", "protocol_agreement",
+              "migration_blockers"}
     assert {p.name for p in SAFETY} == tested
