@@ -8,6 +8,7 @@ violate a property, 2 on bad input.  Bad input never shows a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from model.variants import VARIANTS, variant_option
 from properties.corpus import update_expectations
 from properties.explore_cli import add_subcommands as add_graph_subcommands
 from properties.explore_cli import variant_help
+from properties.progress import Progress
 from properties.prove_cli import add_subcommands as add_prove_subcommands
 from properties.trace import as_program, queued_messages, replay, run_trace
 
@@ -55,12 +57,27 @@ def _why_disabled(action: Action, state: SystemState | None) -> str:
             "messages itself, see docs/trace-format.md")
 
 
+LARGE_FILE = 8 * 1024 * 1024  # a file this large takes seconds to read: say so
+
+
+def _announce_large(label: str, path: str | Path) -> None:
+    """One line on stderr before reading a file large enough to take seconds."""
+    with contextlib.suppress(OSError):
+        size = os.stat(path).st_size
+        if size >= LARGE_FILE:
+            print(f"{label}: reading {size / 2**20:.1f} MiB (about {size // 5_000_000 + 1} s)",
+                  file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.backend == "qemu":
         return run_on_qemu(args)
     variant = variant_option(args.variant)
+    _announce_large(f"run {args.trace}", args.trace)
     trace = load_trace(args.trace)
-    result = run_trace(trace, variant)
+    progress = Progress(f"run {args.trace}", len(trace.steps))
+    result = run_trace(trace, variant, progress)
+    progress.finish(len(result.steps))
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return EXIT_OK
@@ -121,16 +138,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     report: list[dict[str, Any]] = []
     for path in files:
         try:
+            _announce_large(f"replay {path.name}", path)
             cx = load_counterexample(str(path))
             if args.update and update_expectations(path):
                 cx = load_counterexample(str(path))
                 print(f"updated {path.name}", file=sys.stderr)
-        except (TraceError, ValueError) as err:
-            print(f"ERROR {err}", file=sys.stderr)
-            report.append({"file": str(path), "error": str(err)})
+            outcomes = replay(cx, args.variant, label=f"replay {path.name}")
+        except ValueError as err:  # TraceError, or update_expectations' refusal
+            located = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+            print(f"ERROR {located}", file=sys.stderr)
+            report.append({"file": str(path), "error": located})
             worst = EXIT_BAD_INPUT
             continue
-        for outcome in replay(cx, args.variant):
+        for outcome in outcomes:
             entry = {
                 "file": str(path), "name": cx.name, "variant": outcome.variant,
                 "expected": outcome.expected, "observed": outcome.observed, "ok": outcome.ok,

@@ -20,12 +20,17 @@ from properties.corpus import (
     write_readme,
 )
 from properties.history import HISTORY, corpus_entry, corpus_file, hunt
+from properties.trace import check_properties
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def cmd_minimize(args: argparse.Namespace) -> int:
     cx = load_counterexample(args.file)
+    try:
+        check_properties(cx)
+    except TraceError as err:
+        raise TraceError(err.message, f"{args.file}: {err.where}") from None
     try:
         small = minimize_counterexample(cx)
     except ValueError as err:

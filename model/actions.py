@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
+from model.jsonfile import JsonInputError, read_json
+
 TRACE_FORMAT = "ivshmem-trace/1"
 COUNTEREXAMPLE_FORMAT = "ivshmem-counterexample/1"
 CONFORMANCE_FORMAT = "ivshmem-conformance/1"
@@ -61,10 +63,27 @@ class TraceError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Field checks
 
+SHOWN_CHARS = 80  # an error message shows at most this much of the offending value
+
+
+def shown_value(value: Any) -> str:
+    """``value`` as JSON for an error message: a long list or object (a whole file's worth,
+    when the top level is wrong) is cut to its beginning."""
+    cut = isinstance(value, list | Mapping) and len(value) > 8
+    if isinstance(value, list) and cut:
+        value = value[:8]
+    elif isinstance(value, Mapping) and cut:
+        value = dict(list(value.items())[:8])
+    text = json.dumps(value)
+    if cut:
+        text = f"{text[:-1]}, …{text[-1]}"
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"
+
+
 
 def _int(value: Any, name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TraceError(f"expected an integer, got {json.dumps(value)}", name)
+        raise TraceError(f"expected an integer, got {shown_value(value)}", name)
     if not low <= value <= high:
         raise TraceError(f"{value} is out of range [{low}, {high}]", name)
     return value
@@ -72,13 +91,13 @@ def _int(value: Any, name: str, low: int, high: int) -> int:
 
 def _bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise TraceError(f"expected true or false, got {json.dumps(value)}", name)
+        raise TraceError(f"expected true or false, got {shown_value(value)}", name)
     return value
 
 
 def _str(value: Any, name: str) -> str:
     if not isinstance(value, str):
-        raise TraceError(f"expected a string, got {json.dumps(value)}", name)
+        raise TraceError(f"expected a string, got {shown_value(value)}", name)
     return value
 
 
@@ -113,7 +132,7 @@ _PROP_KINDS: dict[str, str] = {
 
 def _props(value: Any) -> tuple[tuple[str, PropValue], ...]:
     if not isinstance(value, Mapping):
-        raise TraceError(f"expected an object, got {json.dumps(value)}", "props")
+        raise TraceError(f"expected an object, got {shown_value(value)}", "props")
     items: list[tuple[str, PropValue]] = []
     for key in sorted(value):
         raw = value[key]
@@ -125,7 +144,7 @@ def _props(value: Any) -> tuple[tuple[str, PropValue], ...]:
             if isinstance(raw, bool | int | str):
                 items.append((key, raw))
                 continue
-            raise TraceError(f"expected a scalar, got {json.dumps(raw)}", where)
+            raise TraceError(f"expected a scalar, got {shown_value(raw)}", where)
         if kind == "bool":
             items.append((key, _bool(raw, where)))
         elif kind == "uint32":
@@ -135,19 +154,19 @@ def _props(value: Any) -> tuple[tuple[str, PropValue], ...]:
         elif kind == "master":
             text = _str(raw, where)
             if text not in MASTER_VALUES:
-                raise TraceError(f"expected one of on, off, auto, got {json.dumps(raw)}", where)
+                raise TraceError(f"expected one of on, off, auto, got {shown_value(raw)}", where)
             items.append((key, text))
         elif kind == "chardev":
             text = _str(raw, where)
             if text not in CHARDEV_BACKENDS:
                 raise TraceError(f"expected one of {', '.join(CHARDEV_BACKENDS)}, got "
-                                 f"{json.dumps(raw)}", where)
+                                 f"{shown_value(raw)}", where)
             items.append((key, text))
         elif kind == "backend":
             text = _str(raw, where)
             if text not in MEMORY_BACKENDS:
                 raise TraceError(f"expected one of {', '.join(MEMORY_BACKENDS)}, got "
-                                 f"{json.dumps(raw)}", where)
+                                 f"{shown_value(raw)}", where)
             items.append((key, text))
         else:
             items.append((key, _str(raw, where)))
@@ -452,12 +471,12 @@ def _fd_kind(value: Any, where: str = "fd") -> str | None:
             return value
     kinds = ", ".join(f'"{k}"' for k in FD_KINDS)
     raise TraceError(f"expected null, one of {kinds} or \"KIND:BYTES\" for "
-                     f"{', '.join(SIZED_FD_KINDS)}, got {json.dumps(value)}", where)
+                     f"{', '.join(SIZED_FD_KINDS)}, got {shown_value(value)}", where)
 
 
 def _extra_fds(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise TraceError(f"expected a list of fd kinds, got {json.dumps(value)}", "extra_fds")
+        raise TraceError(f"expected a list of fd kinds, got {shown_value(value)}", "extra_fds")
     if len(value) > 15:
         raise TraceError("at most 15 extra descriptors (SCM_RIGHTS carries 16 here)",
                          "extra_fds")
@@ -472,7 +491,7 @@ def _extra_fds(value: Any) -> tuple[str, ...]:
 
 def _access_size(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value not in ACCESS_SIZES:
-        raise TraceError(f"expected 1, 2, 4 or 8, got {json.dumps(value)}", key)
+        raise TraceError(f"expected 1, 2, 4 or 8, got {shown_value(value)}", key)
     return int(value)
 
 
@@ -493,7 +512,8 @@ def _check_field(cls: type[Action], key: str, value: Any) -> Any:
             text = _str(value, key)
             if text not in DEVICE_TYPES:
                 raise TraceError(
-                    f"unknown device {json.dumps(text)}; expected one of {', '.join(DEVICE_TYPES)}",
+                    f"unknown device {shown_value(text)}; expected one of "
+                    f"{', '.join(DEVICE_TYPES)}",
                     key,
                 )
             return text
@@ -516,7 +536,7 @@ def _check_field(cls: type[Action], key: str, value: Any) -> Any:
         if key == "register":
             text = _str(value, key)
             if text not in CONFIG_REGISTERS:
-                raise TraceError(f"unknown register {json.dumps(text)}; expected one of "
+                raise TraceError(f"unknown register {shown_value(text)}; expected one of "
                                  f"{', '.join(CONFIG_REGISTERS)}", key)
             return text
         return _int(value, key, 0, UINT32_MAX)
@@ -537,14 +557,14 @@ def _check_field(cls: type[Action], key: str, value: Any) -> Any:
 def action_from_json(obj: Any) -> Action:
     """Parse one action object; raises :class:`TraceError` naming the field."""
     if not isinstance(obj, Mapping):
-        raise TraceError(f"expected an object, got {json.dumps(obj)}")
+        raise TraceError(f"expected an object, got {shown_value(obj)}")
     name = obj.get("action")
     if name is None:
         raise TraceError('missing field "action"', "action")
     cls = ACTION_TYPES.get(name) if isinstance(name, str) else None
     if cls is None:
         known = ", ".join(sorted(ACTION_TYPES))
-        raise TraceError(f"unknown action {json.dumps(name)}; known actions: {known}", "action")
+        raise TraceError(f"unknown action {shown_value(name)}; known actions: {known}", "action")
     declared = {f.name: f for f in fields(cls)}
     for key in obj:
         if key != "action" and key not in declared:
@@ -646,13 +666,13 @@ def _only(obj: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
 
 def _object(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise TraceError(f"expected an object, got {json.dumps(value)}", where)
+        raise TraceError(f"expected an object, got {shown_value(value)}", where)
     return value
 
 
 def _list(value: Any, where: str) -> list[Any]:
     if not isinstance(value, list):
-        raise TraceError(f"expected a list, got {json.dumps(value)}", where)
+        raise TraceError(f"expected a list, got {shown_value(value)}", where)
     return value
 
 
@@ -661,7 +681,7 @@ def _messages(value: Any) -> tuple[MessageChoice, ...]:
     for index, item in enumerate(_list(value, "server.messages")):
         where = f"server.messages[{index}]"
         if not isinstance(item, list) or len(item) != 2:
-            raise TraceError(f"expected [value, fd], got {json.dumps(item)}", where)
+            raise TraceError(f"expected [value, fd], got {shown_value(item)}", where)
         try:
             out.append((_int(item[0], "value", INT64_MIN, INT64_MAX), _fd_kind(item[1])))
         except TraceError as err:
@@ -694,7 +714,7 @@ def config_from_json(obj: Any) -> Config:
     policy = server.get("policy", "contrib")
     if policy not in ("contrib", "scripted"):
         raise TraceError(
-            f'expected "contrib" or "scripted", got {json.dumps(policy)}', "config.server.policy"
+            f'expected "contrib" or "scripted", got {shown_value(policy)}', "config.server.policy"
         )
     try:
         endpoints = _int(obj.get("endpoints", 2), "endpoints", 1, 64)
@@ -757,13 +777,13 @@ def trace_from_json(obj: Any, *, require_format: bool = True) -> Trace:
     obj = _object(obj, "")
     if require_format and obj.get("format") != TRACE_FORMAT:
         raise TraceError(
-            f"expected {json.dumps(TRACE_FORMAT)}, got {json.dumps(obj.get('format'))}", "format"
+            f"expected {shown_value(TRACE_FORMAT)}, got {shown_value(obj.get('format'))}", "format"
         )
     _only(obj, ("format", "config", "steps"), "")
     config = config_from_json(obj.get("config", {}))
     raw_steps = obj.get("steps")
     if not isinstance(raw_steps, list):
-        raise TraceError(f"expected a list, got {json.dumps(raw_steps)}", "steps")
+        raise TraceError(f"expected a list, got {shown_value(raw_steps)}", "steps")
     steps: list[Action] = []
     for index, raw in enumerate(raw_steps):
         try:
@@ -818,9 +838,11 @@ def _expectation(value: Any, where: str) -> Expectation:
     if isinstance(value, Mapping) and set(value) <= {"violates", "step", "line"}:
         _str(value.get("violates"), f"{where}.violates")
         _int(value.get("step"), f"{where}.step", 0, 10**9)
+        if "line" in value:
+            _int(value["line"], f"{where}.line", 0, 10**9)
         return dict(value)
     raise TraceError(
-        'expected "holds" or {"violates": PROPERTY, "step": N}, got ' + json.dumps(value), where
+        'expected "holds" or {"violates": PROPERTY, "step": N}, got ' + shown_value(value), where
     )
 
 
@@ -828,7 +850,7 @@ def counterexample_from_json(obj: Any) -> Counterexample:
     obj = _object(obj, "")
     if obj.get("format") != COUNTEREXAMPLE_FORMAT:
         raise TraceError(
-            f"expected {json.dumps(COUNTEREXAMPLE_FORMAT)}, got {json.dumps(obj.get('format'))}",
+            f"expected {shown_value(COUNTEREXAMPLE_FORMAT)}, got {shown_value(obj.get('format'))}",
             "format",
         )
     for key in ("name", "property", "summary", "origin"):
@@ -837,6 +859,12 @@ def counterexample_from_json(obj: Any) -> Counterexample:
     expect_obj = _object(obj.get("expect"), "expect")
     if not expect_obj:
         raise TraceError("expected at least one variant", "expect")
+    from model.variants import VARIANTS  # here: model.variants imports this module
+
+    for key in expect_obj:
+        if key not in VARIANTS:
+            raise TraceError(f"unknown variant {shown_value(key)}; known variants: "
+                             f"{', '.join(VARIANTS)}", f"expect.{key}")
     expect = tuple(
         (str(k), _expectation(v, f"expect.{k}")) for k, v in sorted(expect_obj.items())
     )
@@ -848,16 +876,12 @@ def counterexample_from_json(obj: Any) -> Counterexample:
 
 
 def load_json_file(path: str) -> Any:
-    """Read a JSON file; a missing file or invalid JSON is a :class:`TraceError` naming it."""
+    """Read a JSON file through the bounded reader (``model/jsonfile.py``: size, nesting,
+    integer length, duplicate keys, UTF-8); anything it refuses is a :class:`TraceError`
+    naming the file."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise TraceError("no such file", path) from None
-    except json.JSONDecodeError as err:
-        raise TraceError(f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}",
-                         path) from None
-    except (OSError, UnicodeDecodeError) as err:
+        return read_json(path)
+    except JsonInputError as err:
         raise TraceError(str(err), path) from None
 
 

@@ -23,6 +23,9 @@ from model.state import Client, ClientPeer, FileObject, Server, ServerPeer
 
 IVSHMEM_SERVER_MAX_HUGEPAGE_SIZE = 1024 * 1024 * 1024  # S:26
 IVSHMEM_CLIENT_MAX_VECTORS = 64  # client.h:30
+# Descriptors the contrib client's control buffer, CMSG_SPACE(sizeof(int)) = 24 bytes on LP64
+# (C:33), takes from one message: (24 - 16) / 4.  The kernel closes the rest (MSG_CTRUNC).
+CLIENT_CMSG_ROOM = 2
 G_MAXUINT16 = 0xFFFF
 
 
@@ -195,10 +198,45 @@ def select_round(
 # The contrib client (C)
 
 
-def client_handle_msg(client: Client, value: int, fd: int) -> tuple[Client, str | None]:
+def client_read_one_msg(fds: tuple[int, ...]) -> int:
+    """The descriptor ``ivshmem_client_read_one_msg`` (C:26-72) takes from a message that
+    carries ``fds``: its control buffer has room for one ``int`` (C:33) and it keeps only a
+    header of exactly ``CMSG_LEN(sizeof(int))`` (C:62-66).  The kernel hands all descriptors of
+    one message over in one header (:data:`CLIENT_CMSG_ROOM` of them fit, the rest are cut),
+    so a message with two or more reads as having none (-1), and the first two it brought stay
+    open in the process with nothing referring to them."""
+    return fds[0] if len(fds) == 1 else -1
+
+
+def client_read_failed(client: Client) -> str:
+    """The client's error text when reading a message fails: end of file or fewer than 8
+    bytes (C:46-51; ``ret == 0`` is caught there, so C:52-55 never runs).  During setup it is
+    ``ivshmem_client_connect``'s text for that message (C:210-232)."""
+    return ("cannot read from server", "cannot read from server (2)",
+            "cannot read from server (3)", "cannot read message")[client.stage]
+
+
+def client_own_vector_eof(obj: FileObject) -> str | None:
+    """The error text ``ivshmem_client_handle_event`` (C:293-324) ends with when ``obj`` is one
+    of the client's own vectors, or ``None`` when ``select`` reports it readable only after a
+    kick (an eventfd; a pipe, whose write end the server keeps).  The client selects on its
+    own vectors (C:282-288) and reads 8 bytes each time one is readable: ``/dev/null`` at
+    once, a file or shared memory after its ``size // 8`` words (each printed as a
+    notification), reads short at end of file, and the read size fails the client (C:311-315,
+    then main.c:165-167)."""
+    if obj.kind in ("eventfd", "pipe"):
+        return None
+    size = 0 if obj.kind == "devnull" else obj.size
+    return f"invalid read size = {size % 8}"
+
+
+def client_handle_msg(client: Client, value: int, fd: int,
+                      obj: FileObject | None = None) -> tuple[Client, str | None]:
     """One server message: ``ivshmem_client_connect`` (C:179-244) while setting up, then
     ``ivshmem_client_handle_server_msg`` (C:91-141).  Returns the new view and, when the
-    client gives up, its error text."""
+    client gives up, its error text.  ``fd`` is what :func:`client_read_one_msg` took;
+    ``obj``, when given, is the object behind it, for :func:`client_own_vector_eof`: the
+    client fails as soon as it selects on an own vector that reads short."""
     if client.stage == 0:
         if value != 0 or fd != -1:
             return client, "cannot read from server"
@@ -219,7 +257,8 @@ def client_handle_msg(client: Client, value: int, fd: int) -> tuple[Client, str 
     if value == client.id:
         if len(client.local) >= IVSHMEM_CLIENT_MAX_VECTORS:
             return client, "Too many vectors received, failing"
-        return replace(client, local=(*client.local, fd)), None
+        client = replace(client, local=(*client.local, fd))
+        return client, None if obj is None else client_own_vector_eof(obj)
     peers = list(client.peers)
     for index, peer in enumerate(peers):
         if peer.id == value:
@@ -241,11 +280,34 @@ def client_descriptors(client: Client) -> set[int]:
     return held
 
 
+def client_search_peer(client: Client, peer: int) -> tuple[int, ...] | None:
+    """The vectors of ``peer`` as ``ivshmem_client_search_peer`` finds it (C:405-419): the
+    client itself first, then the list; ``None`` for an unknown id."""
+    if peer == client.id:
+        return client.local
+    return next((p.vectors for p in client.peers if p.id == peer), None)
+
+
+def command_int(typed: int) -> int:
+    """The C ``int`` that ``sscanf(token, "int %d %d", ...)`` stores for the number ``typed``
+    (main.c:84, 106): glibc reads a ``long`` (``strtol``, saturated at the int64 range) and
+    keeps its low 32 bits.  So a peer whose id does not fit an ``int`` cannot be named."""
+    low = max(-(2**63), min(2**63 - 1, typed)) & 0xFFFFFFFF
+    return low - (1 << 32) if low & 0x80000000 else low
+
+
 def client_vector_fd(client: Client, peer: int, vector: int) -> int | None:
-    """The descriptor ``int <peer> <vector>`` writes (C:346-369), or ``None``."""
+    """The descriptor the command ``int <peer> <vector>`` writes (main.c:106-112, then
+    C:346-369), or ``None``.  Both numbers are read as C ``int`` (:func:`command_int`); the
+    vector is passed as ``unsigned``, so a negative one is out of range (C:352)."""
     if client.stage != 3:
         return None
-    vectors = client.local if peer == client.id else next(
-        (p.vectors for p in client.peers if p.id == peer), ()
-    )
-    return vectors[vector] if vector < len(vectors) else None
+    vectors = client_search_peer(client, command_int(peer)) or ()
+    vector = command_int(vector)
+    return vectors[vector] if 0 <= vector < len(vectors) else None
+
+
+def client_broadcast_fds(client: Client) -> tuple[int, ...]:
+    """The descriptors ``int all`` writes, in order: every vector of every peer, not the
+    client's own (``ivshmem_client_notify_broadcast``, C:389-401)."""
+    return tuple(d for p in client.peers for d in p.vectors)

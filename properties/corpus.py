@@ -33,6 +33,7 @@ from model.actions import (
     Trace,
     counterexample_from_json,
     load_counterexample,
+    load_json_file,
 )
 from model.variants import SEED, VARIANTS, Variant, get_variant
 from properties.invariants import site_of, violations
@@ -76,7 +77,7 @@ def update_expectations(path: str | Path) -> bool:
     expect = expectations(cx.trace.config, cx.trace.steps, cx.property)
     if not any(v != "holds" for v in expect.values()):
         raise ValueError(f"{path}: no variant violates {cx.property} any more; not rewritten")
-    obj = json.loads(path.read_text())
+    obj = load_json_file(str(path))
     if obj.get("expect") == expect:
         return False
     obj["expect"] = expect

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import json
 import pprint
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.actions import Action, Config, Counterexample, Deliver, Realize, Trace
+from model.actions import (
+    Action,
+    Config,
+    Counterexample,
+    Deliver,
+    Realize,
+    Trace,
+    TraceError,
+    shown_value,
+)
 from model.state import SystemState
 from model.system import initial_state, step
 from model.variants import Variant, get_variant
-from properties.invariants import violations
+from properties.invariants import SAFETY, violations
+from properties.progress import EVERY_STEPS, Progress
 
 Observation = dict[str, Any]
 
@@ -93,12 +104,16 @@ def queued_messages(state: SystemState, endpoint: int) -> list[Observation]:
     return out
 
 
-def run_trace(trace: Trace, variant: Variant) -> RunResult:
-    """Execute ``trace``; stop at the first disabled step (it is reported, not skipped)."""
+def run_trace(trace: Trace, variant: Variant,
+              progress: Callable[[int], None] | None = None) -> RunResult:
+    """Execute ``trace``; stop at the first disabled step (it is reported, not skipped).
+    ``progress`` (``properties.progress.Progress``) is told the step every ``EVERY_STEPS``."""
     result = RunResult(variant.name)
     state = initial_state(trace.config, variant)
     seen: set[str] = set()
     for index, action in enumerate(trace.steps):
+        if progress is not None and not index % EVERY_STEPS:
+            progress(index)
         # deliver and realize take messages off the endpoint's channel: record which
         reader = action.endpoint if isinstance(action, Deliver | Realize) else None
         queued = queued_messages(state, reader) if reader is not None else []
@@ -134,13 +149,33 @@ def describe_expectation(expect: Any) -> str:
     return f"violates {expect['violates']} at step {expect['step']}"
 
 
-def replay(cx: Counterexample, only: str | None = None) -> list[ReplayOutcome]:
-    """Check every expectation of ``cx`` (or only the one for variant ``only``)."""
+def check_properties(cx: Counterexample) -> None:
+    """A :class:`TraceError` naming the field when ``cx`` names a property that is not a
+    safety property of the registry (``property``, or ``violates`` in ``expect``)."""
+    known = [p.name for p in SAFETY]
+    named = [("property", cx.property)]
+    named += [(f"expect.{variant}.violates", expect["violates"])
+              for variant, expect in cx.expect if isinstance(expect, dict)]
+    for where, name in named:
+        if name not in known:
+            raise TraceError(f"unknown property {shown_value(name)}; known properties: "
+                             f"{', '.join(known)}", where)
+
+
+def replay(cx: Counterexample, only: str | None = None,
+           label: str | None = None) -> list[ReplayOutcome]:
+    """Check every expectation of ``cx`` (or only the one for variant ``only``); a property
+    name the registry lacks is a :class:`TraceError`.  With ``label``, a run that takes more
+    than a few seconds shows its progress on stderr under that label."""
+    check_properties(cx)
     outcomes = []
     for name, expect in cx.expect:
         if only is not None and name != only:
             continue
-        result = run_trace(cx.trace, get_variant(name))
+        progress = Progress(f"{label} [{name}]", len(cx.trace.steps)) if label else None
+        result = run_trace(cx.trace, get_variant(name), progress)
+        if progress is not None:
+            progress.finish(len(result.steps))
         outcomes.append(judge(cx, name, expect, result))
     return outcomes
 

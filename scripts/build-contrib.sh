@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build QEMU 7.2's contrib ivshmem-server and ivshmem-client from Debian's source package,
-# for the lock-step against the real C programs (model/executor/contrib.py, tests/test_contrib.py).
+# for the lock-step against the real C programs (model/executor/contrib.py, tests/test_contrib.py;
+# the client: model/executor/contrib_client.py, tests/test_contrib_client.py).
 #
 #   bash scripts/build-contrib.sh            # prints where the two programs are
 #   IVSHMEM_CONTRIB_DIR=DIR                  # the cache (default ~/.cache/ivshmem-model/contrib)

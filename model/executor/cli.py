@@ -13,7 +13,6 @@ import contextlib
 import math
 import os
 import re
-import select
 import signal
 import sys
 import threading
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from model.executor.client import Client, ClientError, Log
+from model.executor.client import Client, ClientError, Log, readable
 from model.executor.server import (
     DEFAULT_SHM_NAME,
     DEFAULT_SHM_SIZE,
@@ -352,7 +351,7 @@ def _serve_prompt(client: Client) -> bool:
     while True:
         assert client.sock is not None
         sock_fd = client.sock.fileno()
-        ready, _w, _x = select.select([0, sock_fd, *client.local.vectors], [], [])
+        ready = readable([0, sock_fd, *client.local.vectors], None)
         if any(fd != 0 for fd in ready):
             try:
                 _print_events(client, client.poll(0))

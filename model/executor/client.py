@@ -9,6 +9,7 @@ to a peer's eventfd (C:346-402).  Errors carry the contrib client's texts.
 from __future__ import annotations
 
 import errno
+import math
 import mmap
 import os
 import select
@@ -169,25 +170,41 @@ class Client:
         if self.sock is None:
             raise ClientError("not connected")
         watched = [self.sock.fileno(), *self.local.vectors]
-        ready, _w, _x = select.select(watched, [], [], timeout)
+        ready = readable(watched, timeout)
         events: list[tuple[int, int]] = []
         for fd in ready:
             if self.sock is not None and fd == self.sock.fileno():
                 self._handle_pending()
             elif fd in self.local.vectors:
                 vector = self.local.vectors.index(fd)
-                value = wire.read_kick(fd)
+                value = self._read_event(fd, vector)
                 if value:
                     self._log(f"received event on fd {fd} vector {vector}: {value}")
                     events.append((vector, value))
         return events
 
+    def _read_event(self, fd: int, vector: int) -> int:
+        """One own-vector counter (C:293-325).  Whatever the server sent as the vector's fd
+        is read as the contrib client reads it: 8 bytes, else the read fails (a pipe at end
+        of file, /dev/null, an empty or exhausted file), and that ends the connection as
+        ``ivshmem_client_handle_fds`` does in CM:165-167."""
+        try:
+            return wire.read_kick(fd)
+        except OSError as err:
+            try:
+                kind = wire.fd_kind(fd)
+            except OSError:
+                kind = "closed descriptor"
+            self._log(f"{err.strerror or err} on fd {fd}")
+            raise ClientError(f"ivshmem_client_handle_event() failed: own vector {vector} "
+                              f"(fd {fd}) is a {kind}, not an eventfd: "
+                              f"{err.strerror or err}") from None
+
     def _handle_pending(self) -> None:
         assert self.sock is not None
         while True:
             self.handle_server_msg()
-            ready, _w, _x = select.select([self.sock], [], [], 0)
-            if not ready:
+            if self.sock is None or not readable([self.sock.fileno()], 0):
                 return
 
     def wait_until(self, predicate: Callable[[Client], bool], timeout: float) -> bool:
@@ -215,8 +232,7 @@ class Client:
         """Handle messages until the socket has been quiet for ``quiet`` seconds."""
         deadline = time.monotonic() + timeout
         while self.sock is not None and time.monotonic() < deadline:
-            ready, _w, _x = select.select([self.sock], [], [], quiet)
-            if not ready:
+            if not readable([self.sock.fileno()], quiet):
                 return
             self._handle_pending()
 
@@ -265,6 +281,21 @@ class Client:
         if self.shm_fd < 0:
             raise ClientError("not connected")
         return wire.map_shm(self.shm_fd)
+
+
+def readable(fds: list[int], timeout: float | None) -> list[int]:
+    """The fds of ``fds`` that are readable (or hung up) within ``timeout`` seconds (``None``:
+    no limit).  ``poll(2)``, not ``select``: a client given many descriptors by its server
+    has fd numbers beyond select's 1,024."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    wait = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    while True:
+        try:
+            return [fd for fd, _mask in poller.poll(wait)]
+        except InterruptedError:  # pragma: no cover - PEP 475 retries poll itself
+            continue
 
 
 def _vector_lines(peer: PeerInfo) -> list[str]:

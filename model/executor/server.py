@@ -6,8 +6,16 @@ shutdown (``ivshmem_server_close``, S:362-379 and its 2019 ``shm_unlink``).  Unl
 contrib server, trouble with one client never stops the server: a failed accept, a client
 gone before its setup, EPIPE, a client that sends data (any readability is a disconnect,
 S:416-422) only affect that client.  A client whose socket is full gets its messages queued
-(the fds dup'ed until sent) instead of losing them; one that stops reading for
-``MAX_QUEUED`` messages is dropped like a disconnect.
+instead of losing them; one that stops reading for ``MAX_QUEUED`` messages (more in a large
+roster, :meth:`Server._queue_limit`) is dropped like a disconnect.
+
+Descriptors (issue 15): a queued message holds a reference to the descriptor it carries
+(:class:`SharedFd`), never a copy, so a burst costs no descriptor per queued message; a peer's
+eventfds stay open after it leaves until the last message carrying them is sent or dropped.
+``start`` raises the soft ``RLIMIT_NOFILE`` to the hard limit, and the server stops accepting
+(the kernel's backlog and the clients' connect retries wait) while a new peer's socket and
+eventfds would not fit under it, instead of accepting and then disconnecting healthy peers.
+A peer needs ``1 + vectors`` descriptors here; the README's "Descriptor limits" has the sums.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import selectors
 import socket
 import time
@@ -33,6 +42,8 @@ LISTEN_BACKLOG = 10  # S:29
 MAX_QUEUED = 8192  # messages waiting for one slow client before it is dropped
 _SUN_PATH_MAX = 108
 _ACCEPT_PAUSE = 0.05  # seconds without accepting after EMFILE and friends
+_RETRY_SEND = 0.02  # seconds before a send refused with ETOOMANYREFS is tried again
+FD_RESERVE = 8  # descriptors kept free for everything but peers (pid file, logs, selector)
 
 ShmKind = Literal["posix", "dir", "memfd"]
 Log = Callable[[str], None]
@@ -54,12 +65,32 @@ class ServerOptions:
     vectors: int = 1
 
 
+class SharedFd:
+    """A descriptor sent to many peers: closed when its owner (the server, or the peer whose
+    eventfd it is) and every queued message carrying it have let it go."""
+
+    __slots__ = ("fd", "refs")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 1
+
+    def hold(self) -> SharedFd:
+        self.refs += 1
+        return self
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            os.close(self.fd)
+
+
 class _Pending:
     __slots__ = ("data", "fd")
 
-    def __init__(self, data: bytes, fd: int | None) -> None:
+    def __init__(self, data: bytes, fd: SharedFd | None) -> None:
         self.data = data
-        self.fd = fd  # a dup owned by the queue
+        self.fd = fd  # a reference held until the first byte is sent
 
 
 @dataclass(eq=False, slots=True)
@@ -68,9 +99,37 @@ class Peer:
 
     id: int
     sock: socket.socket
-    vectors: list[int]
+    vectors: list[SharedFd]
     queue: deque[_Pending] = field(default_factory=deque)
     dead: bool = False
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (capped by ``fs.nr_open`` when the
+    hard limit is infinite); the soft limit in force afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            with open("/proc/sys/fs/nr_open", encoding="ascii") as handle:
+                target = int(handle.read())
+        except (OSError, ValueError):
+            return soft
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
+def open_fds() -> int | None:
+    """How many descriptors this process has open (``None`` without ``/proc``)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less listdir's own
+    except OSError:
+        return None
 
 
 class Server:
@@ -93,6 +152,10 @@ class Server:
         self._quit = False
         self._accept_paused_until = 0.0
         self._closed = False
+        self._shm_ref: SharedFd | None = None
+        self._stalled: set[Peer] = set()  # sends refused with ETOOMANYREFS, retried soon
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._budget_logged = False
 
     # -- start-up (S:289-359) -------------------------------------------------------------
 
@@ -101,6 +164,7 @@ class Server:
         opts = self.options
         if not 0 <= opts.vectors <= MAX_VECTORS:  # M:129-134
             raise ServerError(f"too many requested vectors (max is {MAX_VECTORS})")
+        self.fd_limit = raise_nofile_limit()
         label = opts.shm_path
         if opts.shm_kind == "dir":
             label = os.path.join(opts.shm_path, "ivshmem.XXXXXX")  # S:301
@@ -125,6 +189,14 @@ class Server:
         except ServerError:
             self._close_shm()
             raise
+        self._shm_ref = SharedFd(self.shm_fd)
+        self._log(f"descriptor limit {self.fd_limit}: room for about "
+                  f"{self.peer_capacity()} peers of {opts.vectors} vector(s)")
+
+    def peer_capacity(self) -> int:
+        """How many peers fit under the descriptor limit, counting what is open now."""
+        now = open_fds() or 0
+        return max(0, (self.fd_limit - FD_RESERVE - now) // (1 + self.options.vectors))
 
     def _bind(self, path: str) -> socket.socket:
         self._log(f"create & bind socket {path}")
@@ -151,9 +223,12 @@ class Server:
         return sock
 
     def _close_shm(self) -> None:
-        if self.shm_fd >= 0:
+        if self._shm_ref is not None:  # queued messages may hold it a little longer
+            self._shm_ref.release()
+            self._shm_ref = None
+        elif self.shm_fd >= 0:
             os.close(self.shm_fd)
-            self.shm_fd = -1
+        self.shm_fd = -1
         if self.options.shm_kind == "posix":
             wire.shm_unlink(self.options.shm_path)
 
@@ -174,13 +249,15 @@ class Server:
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         listening = True
         while not self._quit:
-            timeout = None
+            timeout: float | None = None
             if not listening:
                 timeout = max(0.0, self._accept_paused_until - time.monotonic())
                 if timeout == 0.0:
                     sel.register(self._listen, selectors.EVENT_READ, None)
                     listening = True
                     timeout = None
+            if self._stalled:
+                timeout = _RETRY_SEND if timeout is None else min(timeout, _RETRY_SEND)
             for key, mask in sel.select(timeout):
                 if key.fileobj is self._wake_r:
                     self._drain_wakeup()
@@ -190,7 +267,13 @@ class Server:
                         listening = False
                 else:
                     self._peer_event(key.data, mask)
+            self._retry_stalled()
             self._reap()
+
+    def _retry_stalled(self) -> None:
+        stalled, self._stalled = self._stalled, set()
+        for peer in stalled:
+            self._flush(peer)
 
     def _drain_wakeup(self) -> None:
         try:
@@ -208,9 +291,21 @@ class Server:
             self._flush(peer)
 
     def _accept_some(self) -> bool:
-        """Accept what is pending; False to pause accepting after fd exhaustion."""
+        """Accept what is pending; False to pause accepting: after fd exhaustion, or while a
+        new peer's descriptors would not fit under the limit (back-pressure: the clients
+        wait in the backlog or retry their connect; no connected peer is dropped)."""
         assert self._listen is not None
+        need = 1 + self.options.vectors
+        opened = open_fds()
         for _ in range(64):
+            if opened is not None and opened + need + FD_RESERVE > self.fd_limit:
+                if not self._budget_logged:
+                    self._log(f"not accepting: {opened} descriptors open, a new peer needs "
+                              f"{need} more, the limit is {self.fd_limit}")
+                    self._budget_logged = True
+                self._accept_paused_until = time.monotonic() + _ACCEPT_PAUSE
+                return False
+            self._budget_logged = False
             try:
                 conn, _addr = self._listen.accept()
             except BlockingIOError:
@@ -222,6 +317,8 @@ class Server:
                     return False
                 continue
             self._new_conn(conn)
+            if opened is not None:
+                opened += need
         return True
 
     # -- one connection (S:131-223) --------------------------------------------------------
@@ -245,19 +342,19 @@ class Server:
             self._log("cannot allocate new client id")
             conn.close()
             return
-        vectors: list[int] = []
+        vectors: list[SharedFd] = []
         try:
             for _ in range(self.options.vectors):
-                vectors.append(wire.new_eventfd())
+                vectors.append(SharedFd(wire.new_eventfd()))
         except OSError:
             self._log("cannot create eventfd")
-            _close_all(vectors)
+            _release_all(vectors)
             conn.close()
             return
         peer = Peer(new_id, conn, vectors)
         self._post(peer, wire.PROTOCOL_VERSION)  # S:97-128
         self._post(peer, peer.id)
-        self._post(peer, -1, self.shm_fd)
+        self._post(peer, -1, self._shm_ref)
         if peer.dead:
             self._log("cannot send initial info")
             self._discard(peer)
@@ -277,32 +374,35 @@ class Server:
         self._by_id[peer.id] = peer
         self._log(f"new peer id = {peer.id}")
 
-    def _post(self, peer: Peer, value: int, fd: int | None = None) -> None:
-        """Send one message now, or queue it behind earlier ones."""
+    def _post(self, peer: Peer, value: int, fd: SharedFd | None = None) -> None:
+        """Send one message now, or queue it behind earlier ones (holding ``fd``)."""
         if peer.dead:
             return
         data = wire.MSG.pack(value)
         if not peer.queue:
             try:
-                sent = wire.send_some(peer.sock, data, fd)
+                sent = wire.send_some(peer.sock, data, None if fd is None else fd.fd)
             except BlockingIOError:
                 sent = 0
             except OSError as err:
-                self._fail(peer, err)
-                return
+                if err.errno != errno.ETOOMANYREFS:
+                    self._fail(peer, err)
+                    return
+                sent = 0  # too many fds in flight for this user: try again soon
+                self._stalled.add(peer)
             if sent == len(data):
                 return
             data, fd = data[sent:], (fd if sent == 0 else None)
-        if len(peer.queue) >= MAX_QUEUED:
+        if len(peer.queue) >= self._queue_limit():
             self._fail(peer, OSError(errno.ENOBUFS, "peer does not read its messages"))
             return
-        try:
-            dup = None if fd is None else os.dup(fd)
-        except OSError as err:
-            self._fail(peer, err)
-            return
-        peer.queue.append(_Pending(data, dup))
-        self._want_write(peer, True)
+        peer.queue.append(_Pending(data, None if fd is None else fd.hold()))
+        self._want_write(peer, peer not in self._stalled)
+
+    def _queue_limit(self) -> int:
+        """Messages one peer may have waiting: ``MAX_QUEUED``, plus room for a whole roster
+        joining at once (its eventfds and ids), so that a burst never reaches it."""
+        return MAX_QUEUED + len(self.peers) * (self.options.vectors + 1)
 
     def _want_write(self, peer: Peer, on: bool) -> None:
         if self._sel is None:
@@ -316,15 +416,21 @@ class Server:
         while peer.queue and not peer.dead:
             head = peer.queue[0]
             try:
-                sent = wire.send_some(peer.sock, head.data, head.fd)
+                sent = wire.send_some(peer.sock, head.data,
+                                      None if head.fd is None else head.fd.fd)
             except BlockingIOError:
+                self._want_write(peer, True)  # a retried stalled peer had it off
                 return
             except OSError as err:
+                if err.errno == errno.ETOOMANYREFS:
+                    self._stalled.add(peer)
+                    self._want_write(peer, False)
+                    return
                 self._fail(peer, err)
                 return
             head.data = head.data[sent:]
             if head.fd is not None and sent > 0:
-                os.close(head.fd)
+                head.fd.release()
                 head.fd = None
             if not head.data:
                 peer.queue.popleft()
@@ -347,14 +453,17 @@ class Server:
     def _free_peer(self, peer: Peer) -> None:
         self._log(f"free peer {peer.id}")
         self._discard(peer)
+        self._accept_paused_until = 0.0  # descriptors came free: accept again at once
         self.peers.remove(peer)
         del self._by_id[peer.id]
         for other in self.peers:
             self._post(other, peer.id)
 
     def _discard(self, peer: Peer) -> None:
-        """Close the socket, the queued fd dups and the peer's eventfds."""
+        """Close the socket; let go of the queued messages' descriptors and of the peer's
+        eventfds (closed once no other peer's queue holds them)."""
         peer.dead = True
+        self._stalled.discard(peer)
         if self._sel is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(peer.sock)
@@ -362,8 +471,8 @@ class Server:
         while peer.queue:
             pending = peer.queue.popleft()
             if pending.fd is not None:
-                os.close(pending.fd)
-        _close_all(peer.vectors)
+                pending.fd.release()
+        _release_all(peer.vectors)
         peer.vectors = []
 
     # -- shutdown (S:362-379) --------------------------------------------------------------
@@ -393,6 +502,6 @@ class Server:
         self._wake_w.close()
 
 
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)
+def _release_all(fds: list[SharedFd]) -> None:
+    for shared in fds:
+        shared.release()
