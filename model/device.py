@@ -819,6 +819,9 @@ def ivshmem_recv_setup(s: IVShmemState, errp: Errp) -> None:
         if s.proc.variant.recv_setup_closes_fd:
             s.proc.close(fd, 695)
         return
+    if s.proc.variant.before_a3feb08639e7:
+        recv_setup_any_order(s, errp)
+        return
     msg, fd = ivshmem_recv_msg(s, err)
     if err:
         errp.set(err.msg or "")
@@ -844,6 +847,34 @@ def ivshmem_recv_setup(s: IVShmemState, errp: Errp) -> None:
             break
     if not s.bar2:
         raise Abort("ivshmem_recv_setup: Assertion `s->ivshmem_bar2' failed.", 745)
+
+
+def recv_setup_any_order(s: IVShmemState, errp: Errp) -> None:
+    """Before a3feb08639e7 (2.6.0), after the version: messages in any order until the shared
+    memory, the ID being the first message without fd and with a position >= 0 while the ID
+    is still unknown (how 2.5's ivshmem_read told it apart).  An own eventfd that comes before
+    the ID is filed as another peer's: no interrupt is set up for it ("broke when an
+    interrupt setup message arrived before it", seed 706-711)."""
+    err = Errp()
+    s.vm_id = -1
+    while True:
+        msg, fd = ivshmem_recv_msg(s, err)
+        if err:
+            errp.set(err.msg or "")
+            return
+        if fd == -1 and 0 <= msg <= IVSHMEM_MAX_PEERS and s.vm_id == -1:
+            s.vm_id = msg
+            continue
+        process_msg(s, msg, fd, err)
+        if err:
+            errp.set(err.msg or "")
+            return
+        if msg == -1:
+            break
+    if not s.bar2:
+        raise Abort("ivshmem_recv_setup: Assertion `s->ivshmem_bar2' failed.", 745)
+    if s.vm_id == -1:
+        errp.set("server sent no ID message")
 
 
 # ---------------------------------------------------------------------------------------------

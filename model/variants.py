@@ -195,6 +195,13 @@ class Variant:
         "removed it: after a failed device_add of a master=off device the QEMU could not "
         "migrate any more",
     )
+    before_a3feb08639e7: bool = flag(
+        "a3feb08639e7", "706-721",
+        "before the ID was required as the second message (2.6.0), the synchronous setup "
+        "took the messages after the version in any order, the ID being the first without "
+        "fd: an own eventfd that arrived before it was filed as another peer's and no "
+        "interrupt was ever set up for it",
+    )
     before_b2b79a696052: bool = flag(
         "b2b79a696052", "906-908",
         "before 'Fix 64 bit memory bar configuration' (2.8), the test read "
@@ -332,6 +339,7 @@ BEFORE_COMMITS = (
     "a40227911c4c", "089fd8037619", "e6a354be6ea0", "0b88dd942073", "9db51b4d64de",
     "1ee57de444ac", "62a830b688a9", "2d1d422d1145", "972ad21553fd", "47213eb11047",
     "6dc64780c2a8", "b2b79a696052", "3a55fc0f2431", "51af0ec9fa72", "d855e2756554",
+    "a3feb08639e7",
 )
 BEFORE: tuple[Variant, ...] = tuple(
     replace(SEED, name=f"before-{commit}", **{f"before_{commit}": True})

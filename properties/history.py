@@ -35,6 +35,7 @@ class Search:
     config: str | Config
     depth: int
     baseline: str = "seed"
+    prop: str = ""  # the property the fix protects, when the search finds other differences
 
     def resolve(self) -> Config:
         if isinstance(self.config, Config):
@@ -77,6 +78,11 @@ _FAILED_HOTPLUG = Config(
     endpoints=1, server=ServerConfig(vectors=1), host=HostConfig(kvm_msi_irqfd=False),
     realize=(("ivshmem-doorbell", (("chardev", True), ("vectors", 0), ("master", "off"))),),
     hotplug=True)
+# a scripted server that may send an own eventfd before the ID
+_EVENTFD_BEFORE_ID = Config(
+    endpoints=1, server=ServerConfig(
+        policy="scripted", messages=((0, None), (0, "eventfd"), (-1, "shm"))),
+    host=HostConfig(kvm_msi_irqfd=False))
 _LEGACY_MSI = _one_device("ivshmem", (("chardev", True), ("msi", True), ("size", "4M")))
 _VECTORS_65537 = Config(endpoints=1, server=ServerConfig(vectors=2),
                         host=HostConfig(kvm_msi_irqfd=True),
@@ -112,6 +118,10 @@ HISTORY: tuple[Fix, ...] = (
         "shared memory arrived after realize: the guest saw IVPosition -1 and no shared "
         "memory until the server's messages came, and both changed under it",
         Search("legacy-intx", 2), "ivposition-before-setup"),
+    Fix("a3feb08639e7", "2.6.0",
+        "the setup took the ID in any order: an own eventfd that came before it was filed as "
+        "another peer's, and its interrupts never reached the guest",
+        Search(_EVENTFD_BEFORE_ID, 6, prop="own_vectors_watched"), "own-eventfd-before-id"),
     Fix("d855e2756554", "2.6.0",
         "a failed realize left its migration blocker registered: after a failed device_add "
         "the QEMU could not migrate",
@@ -152,12 +162,6 @@ HISTORY: tuple[Fix, ...] = (
         "(with 3a55fc0f2431) realize did not wait for the server's setup messages",
         unmodelled="the other half of one change, reverted together with 3a55fc0f2431 in "
         "before-3a55fc0f2431"),
-    Fix("a3feb08639e7", "2.6.0",
-        "an interrupt-setup message before the ID was misread",
-        unmodelled=_ASYNC + ", with its ID detection; but only a server that sends an "
-        "eventfd before the ID trips it, the contrib server never does, and for a scripted "
-        "server no property knows which ID was meant (ivposition and peer_view judge the "
-        "contrib server only)"),
     Fix("71c265816dd2", "2.6.0",
         "a version mismatch deleted the chardev under the device",
         unmodelled=_ASYNC + ", which deletes the chardev on a mismatch; what the fix kept is "
@@ -216,6 +220,8 @@ def hunt(fix: Fix) -> tuple[DiffFinding | None, float]:
     found = differential_search(fix.search.resolve(), get_variant(fix.variant),
                                 get_variant(fix.search.baseline), max_depth=fix.search.depth)
     seconds = time.perf_counter() - began
+    if fix.search.prop:
+        found = [f for f in found if f.property == fix.search.prop]
     if not found:
         return None, seconds
     return min(found, key=lambda f: (len(f.path), f.seconds)), seconds

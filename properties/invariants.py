@@ -260,6 +260,24 @@ def bar2_width(state: SystemState) -> str | None:
     return None
 
 
+def own_vectors_watched(state: SystemState) -> str | None:
+    """Without KVM irqfds, every eventfd a realized device holds for one of its own vectors
+    has the main loop watching it (seed 388-398): a doorbell rung to that vector reaches the
+    guest."""
+    if state.config.host.kvm_msi_irqfd:
+        return None
+    for e, ep in _running(state):
+        device = ep.device
+        if device is None or not device.chardev or device.vm_id < 0:
+            continue
+        own = dict(device.peers).get(device.vm_id)
+        watched = {d for d, _ in ep.fd_handlers}
+        for vector, d in enumerate(own.eventfds[:own.nb_eventfds] if own else ()):
+            if d >= 0 and d not in watched:
+                return f"endpoint {e}: own vector {vector} (descriptor {d}) is not watched"
+    return None
+
+
 def migration_blockers(state: SystemState) -> str | None:
     """A QEMU's migration is blocked only by its live peer-mode device: a device that failed
     to realize leaves no migration blocker behind."""
@@ -309,6 +327,8 @@ PROPERTIES: tuple[Property, ...] = (
              check=protocol_agreement),
     Property("migration_blockers", "always", migration_blockers.__doc__ or "",
              check=migration_blockers),
+    Property("own_vectors_watched", "always", own_vectors_watched.__doc__ or "",
+             check=own_vectors_watched),
     Property(
         "doorbell_reaches_msi", "sometimes",
         "Some step delivers an MSI to a guest: the model can ring a doorbell end to end.",

@@ -269,3 +269,28 @@ def test_before_d855e2756554_a_failed_device_add_keeps_qemu_from_migrating() -> 
     assert seed.first("migration_blockers") is None
     assert seed.final.endpoints[0].stale_blockers == 0
     assert before.final.endpoints[0].fate is None  # device_add: QEMU runs on
+
+
+def test_before_a3feb08639e7_an_own_eventfd_before_the_id_is_never_watched() -> None:
+    """Version, then the device's own eventfd, then its ID: the seed refuses the second
+    message as an ID; before the fix it was filed as peer 0's eventfd while the ID was still
+    unknown, and nothing watches it once the ID says peer 0 is the device itself."""
+    from model.actions import Config as TraceConfig
+    from model.actions import HostConfig, ServerConfig, ServerSend
+
+    variant = next(v for v in BEFORE if v.name == "before-a3feb08639e7")
+    config = TraceConfig(endpoints=1, server=ServerConfig(policy="scripted"),
+                         host=HostConfig())
+    steps = (Connect(0), ServerSend(0, 0), ServerSend(0, 0, "eventfd"), ServerSend(0, 0),
+             ServerSend(0, -1, "shm"), Realize(0, "ivshmem-doorbell", (("chardev", True),)))
+    before = run(config, *steps, variant=variant)
+    hit = before.first("own_vectors_watched")
+    assert hit is not None and hit.step == 5
+    seed = run(config, *steps)
+    assert seed.first("own_vectors_watched") is None
+    assert any("server sent invalid ID message" in str(o) for o in seed.steps[5].observations)
+    # in order, the before-variant sets the interrupt up like the seed
+    ordered = (Connect(0), ServerSend(0, 0), ServerSend(0, 0), ServerSend(0, -1, "shm"),
+               ServerSend(0, 0, "eventfd"), Realize(0, "ivshmem-doorbell", (("chardev", True),)))
+    assert run(config, *ordered, variant=variant).violations == \
+        run(config, *ordered).violations

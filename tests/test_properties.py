@@ -130,6 +130,16 @@ def test_migration_blockers_fails_for_a_blocker_left_behind() -> None:
     assert BY_NAME["migration_blockers"].check(state) is None  # type: ignore[misc]
 
 
+def test_own_vectors_watched_fails_for_an_own_eventfd_nobody_watches() -> None:
+    state = quiet_pair()
+    endpoints = list(state.endpoints)
+    endpoints[0] = replace(endpoints[0], fd_handlers=())
+    message = BY_NAME["own_vectors_watched"].check(  # type: ignore[misc]
+        replace(state, endpoints=tuple(endpoints)))
+    assert message is not None and message.startswith("endpoint 0: own vector 0")
+    assert BY_NAME["own_vectors_watched"].check(state) is None  # type: ignore[misc]
+
+
 def test_fd_conservation_sees_a_leak() -> None:
     state = quiet_pair()
     device = state.endpoints[0].device
@@ -154,5 +164,5 @@ def test_every_safety_property_has_a_failing_test_above() -> None:
     tested = {"vector_bounds", "mask_balance", "route_balance", "memory_safety", "no_abort",
               "fd_conservation", "no_hang", "id_unique", "master_unique", "peer_view",
               "ivposition", "intx_rule", "msi_rule", "bar2_width", "protocol_agreement",
-              "migration_blockers"}
+              "migration_blockers", "own_vectors_watched"}
     assert {p.name for p in SAFETY} == tested
