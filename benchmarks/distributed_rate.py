@@ -11,8 +11,8 @@ import argparse
 import dataclasses
 import statistics
 
-from ivshmem_model.check import embedded_configs
 from model.variants import SEED
+from properties.configs import embedded_configs
 from properties.distributed import explore_distributed, ray_session
 from properties.explore import ExploreOptions, explore
 

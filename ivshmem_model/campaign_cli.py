@@ -49,8 +49,12 @@ def _say(args: argparse.Namespace, text: str) -> None:
 def write_findings(found: dict[tuple[str, str, str], Found], out: str, origin: str,
                    minimize: bool = True) -> list[dict[str, Any]]:
     """Minimize each finding's shortest trace into a counterexample file in ``out``."""
-    from ivshmem_model.check import make_counterexample, slug, write_counterexample
-    from properties.corpus import minimize_counterexample
+    from properties.corpus import (
+        make_counterexample,
+        minimize_counterexample,
+        slug,
+        write_counterexample,
+    )
 
     rows = []
     for (variant, prop, site), f in sorted(found.items(), key=lambda kv: kv[1].seconds):
@@ -70,7 +74,7 @@ def write_findings(found: dict[tuple[str, str, str], Found], out: str, origin: s
 
 
 def _configs(args: argparse.Namespace) -> list[Any]:
-    from ivshmem_model.check import embedded_configs, load_config_file
+    from properties.configs import embedded_configs, load_config_file
 
     return [load_config_file(f) for f in args.config] if args.config else embedded_configs()
 

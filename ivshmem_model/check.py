@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,96 +22,16 @@ from rich.table import Table
 from model.actions import (
     Action,
     Config,
-    Counterexample,
-    Trace,
     TraceError,
-    config_from_json,
     load_counterexample,
-    load_json_file,
 )
 from model.variants import FIXED, VARIANTS, Variant, get_variant, variant_option
+from properties.configs import NamedConfig, embedded_configs, load_config_file
+from properties.corpus import make_counterexample, slug, write_counterexample
 from properties.explore import ExploreOptions, ExploreResult, explore
 from properties.invariants import PROPERTIES, SAFETY, site_of
-from properties.trace import expectations
-
-
-@dataclass(frozen=True, slots=True)
-class NamedConfig:
-    name: str
-    description: str
-    config: Config
-    depth: int = 8
-    seconds: float = 10.0  # the explorer's time budget in `check`
-
-
-def named_config_from_json(obj: Any, fallback_name: str) -> NamedConfig:
-    if not isinstance(obj, dict):
-        raise TraceError("expected an object")
-    body = obj.get("config", obj) if "config" in obj else obj
-    if "steps" in obj or "format" in obj:
-        body = obj.get("config", {})
-    depth = obj.get("depth", 8)
-    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 64:
-        raise TraceError(f"expected an integer in [1, 64], got {json.dumps(depth)}", "depth")
-    seconds = obj.get("seconds", 10.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 600:
-        raise TraceError(f"expected a number of seconds in (0, 600], got {json.dumps(seconds)}",
-                         "seconds")
-    return NamedConfig(
-        name=str(obj.get("name", fallback_name)),
-        description=str(obj.get("description", "")),
-        config=config_from_json(body),
-        depth=depth,
-        seconds=float(seconds),
-    )
-
-
-def embedded_configs() -> list[NamedConfig]:
-    """The default configurations shipped in ``ivshmem_model/configs``."""
-    folder = resources.files("ivshmem_model").joinpath("configs")
-    out = []
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".json"):
-            out.append(named_config_from_json(json.loads(entry.read_text()), entry.name[:-5]))
-    return out
-
-
-def load_config_file(path: str) -> NamedConfig:
-    obj = load_json_file(path)
-    try:
-        return named_config_from_json(obj, Path(path).stem)
-    except TraceError as err:
-        raise err.within(path) from None
-
 
 # ---------------------------------------------------------------------------------------------
-# Counterexamples
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def make_counterexample(
-    name: str, prop: str, message: str, config: Config, steps: tuple[Action, ...], origin: str
-) -> Counterexample:
-    return Counterexample(
-        name=name,
-        property=prop,
-        summary=message,
-        origin=origin,
-        trace=Trace(config, steps),
-        expect=tuple(expectations(config, steps, prop).items()),
-    )
-
-
-def write_counterexample(folder: Path, cx: Counterexample) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{cx.name}.json"
-    path.write_text(json.dumps(cx.to_json(), indent=2) + "\n")
-    return path
-
-
 # ---------------------------------------------------------------------------------------------
 # check
 

@@ -176,7 +176,7 @@ def generated_campaign(args: argparse.Namespace) -> int:
     hostile server messages, guest configuration and shared-memory accesses) on both sides;
     each difference is shrunk (delta debugging, one QEMU run per probe) and written as a trace
     under ``--out`` so it can be kept as a conformance case."""
-    from ivshmem_model.check import embedded_configs
+    from properties.configs import embedded_configs
     from properties.conform import campaign, shrink
 
     if args.generate < 1 or args.length < 1:

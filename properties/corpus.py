@@ -246,6 +246,35 @@ def is_minimal(cx: Counterexample) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Writing a checker's finding (``check``, ``prove``): a counterexample with every variant's
+# expectation, as the model replays it
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def make_counterexample(
+    name: str, prop: str, message: str, config: Config, steps: tuple[Action, ...], origin: str
+) -> Counterexample:
+    return Counterexample(
+        name=name,
+        property=prop,
+        summary=message,
+        origin=origin,
+        trace=Trace(config, steps),
+        expect=tuple(expectations(config, steps, prop).items()),
+    )
+
+
+def write_counterexample(folder: Path, cx: Counterexample) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{cx.name}.json"
+    path.write_text(json.dumps(cx.to_json(), indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
 # The explorer, differentially
 
 

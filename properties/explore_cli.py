@@ -37,7 +37,7 @@ def variant_help(default: str = "seed") -> str:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from ivshmem_model.check import embedded_configs, load_config_file
+    from properties.configs import embedded_configs, load_config_file
 
     variant = variant_option(args.variant)
     if args.depth is not None and not 0 <= args.depth <= 64:

@@ -134,7 +134,7 @@ def targets(variants: list[str] | None = None, configs: list[str] | None = None,
     environment's, else all); with ``split``, one per safety property too, checking only that
     property (HypoFuzz stops fuzzing a target at its first failure, so one target finds one
     bug).  An unknown name raises ``TraceError`` (via ``get_variant``) or ``ValueError``."""
-    from ivshmem_model.check import embedded_configs
+    from properties.configs import embedded_configs
 
     variants = variants or _names(VARIANTS_ENV) or list(VARIANTS)
     known = {named.name: named for named in embedded_configs()}

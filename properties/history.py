@@ -40,7 +40,7 @@ class Search:
     def resolve(self) -> Config:
         if isinstance(self.config, Config):
             return self.config
-        from ivshmem_model.check import embedded_configs
+        from properties.configs import embedded_configs
 
         return next(named.config for named in embedded_configs() if named.name == self.config)
 

@@ -281,7 +281,7 @@ def violated(name: str, s: Sym, mode: str) -> z3.BoolRef:
 def bmc(name: str, variant: Variant, depth: int = 8, out_dir: Path | None = None,
         timeout_ms: int = 60_000, mode: str = "any") -> Outcome:
     """The shortest violation within ``depth`` steps, replayed through ``step`` to confirm."""
-    from ivshmem_model.check import make_counterexample, write_counterexample
+    from properties.corpus import make_counterexample, write_counterexample
     from properties.trace import run_trace
 
     started = time.perf_counter()

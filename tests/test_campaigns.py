@@ -16,10 +16,10 @@ from hypothesis import Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import run_state_machine_as_test
 
-from ivshmem_model.check import embedded_configs
 from ivshmem_model.cli import main
 from model.actions import load_counterexample
 from model.variants import FIXED, SEED
+from properties.configs import embedded_configs
 from properties.fuzz import fuzz_settings, replay, targets
 from properties.swarm import KINDS, Search, plan, run_search
 from properties.trace import replay as replay_counterexample

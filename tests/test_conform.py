@@ -16,12 +16,12 @@ from helpers import assert_reproduces_as_recorded
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivshmem_model.check import embedded_configs
 from ivshmem_model.cli import main
 from model.actions import Connect, Realize, load_counterexample, load_json_file, load_trace
 from model.executor.qemu.backend import BackendRun, BackendStep, QemuBackend
 from model.executor.qemu.machine import classify_exit, kvm_available
 from model.variants import get_variant
+from properties.configs import embedded_configs
 from properties.conform import (
     campaign,
     check_case,

@@ -18,9 +18,9 @@ pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[distr
 
 from helpers import contrib
 
-from ivshmem_model.check import embedded_configs
 from ivshmem_model.cli import main
 from model.variants import FIXED, SEED
+from properties.configs import embedded_configs
 from properties.distributed import DistributedError, owner, ray_session
 from properties.explore import ExploreOptions, ExploreResult, explore
 from properties.raysession import worker_environment

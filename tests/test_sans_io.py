@@ -33,3 +33,21 @@ def test_the_check_itself_can_fail(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nfrom time import sleep\n")
     assert imported_modules(bad) & FORBIDDEN == {"os", "time"}
+
+
+CHECKERS = sorted((MODEL.parent / "properties").glob("*.py")) + FILES
+
+
+@pytest.mark.parametrize("path", CHECKERS, ids=[f"{p.parent.name}/{p.name}" for p in CHECKERS])
+def test_no_checker_imports_the_command_line_layer(path: Path) -> None:
+    """The model and the checkers are a library; ``ivshmem_model/`` is the one front door on
+    top of them (issue 14): nothing below imports from it."""
+    tree = ast.parse(path.read_text())
+    imported = {
+        node.module for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    } | {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not {m for m in imported if m.split(".")[0] == "ivshmem_model"}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ivshmem_model.check import embedded_configs
 from model.actions import Trace
 from model.variants import FIXED, SEED
+from properties.configs import embedded_configs
 from properties.stateful import run_machine
 from properties.trace import run_trace
 
