@@ -834,11 +834,22 @@ def ivshmem_recv_setup(s: IVShmemState, errp: Errp) -> None:
     s.vm_id = msg
     if s.proc.variant.resize_peers_for_own_id and s.vm_id >= s.nb_peers:
         resize_peers(s, s.vm_id + 1)
+    recv_until_shm(s, errp)
+
+
+def recv_until_shm(s: IVShmemState, errp: Errp, id_in_any_order: bool = False) -> None:
+    """Seed 723-745: receive more messages until the shared memory.  With
+    ``id_in_any_order`` (before a3feb08639e7), the first message without fd and with a
+    position >= 0 while the ID is unknown is the ID, as 2.5's ivshmem_read told it apart."""
+    err = Errp()
     while True:
         msg, fd = ivshmem_recv_msg(s, err)
         if err:
             errp.set(err.msg or "")
             return
+        if id_in_any_order and fd == -1 and 0 <= msg <= IVSHMEM_MAX_PEERS and s.vm_id == -1:
+            s.vm_id = msg
+            continue
         process_msg(s, msg, fd, err)
         if err:
             errp.set(err.msg or "")
@@ -851,29 +862,12 @@ def ivshmem_recv_setup(s: IVShmemState, errp: Errp) -> None:
 
 def recv_setup_any_order(s: IVShmemState, errp: Errp) -> None:
     """Before a3feb08639e7 (2.6.0), after the version: messages in any order until the shared
-    memory, the ID being the first message without fd and with a position >= 0 while the ID
-    is still unknown (how 2.5's ivshmem_read told it apart).  An own eventfd that comes before
-    the ID is filed as another peer's: no interrupt is set up for it ("broke when an
-    interrupt setup message arrived before it", seed 706-711)."""
-    err = Errp()
+    memory, the ID among them.  An own eventfd that comes before the ID is filed as another
+    peer's: no interrupt is set up for it ("broke when an interrupt setup message arrived
+    before it", seed 706-711)."""
     s.vm_id = -1
-    while True:
-        msg, fd = ivshmem_recv_msg(s, err)
-        if err:
-            errp.set(err.msg or "")
-            return
-        if fd == -1 and 0 <= msg <= IVSHMEM_MAX_PEERS and s.vm_id == -1:
-            s.vm_id = msg
-            continue
-        process_msg(s, msg, fd, err)
-        if err:
-            errp.set(err.msg or "")
-            return
-        if msg == -1:
-            break
-    if not s.bar2:
-        raise Abort("ivshmem_recv_setup: Assertion `s->ivshmem_bar2' failed.", 745)
-    if s.vm_id == -1:
+    recv_until_shm(s, errp, id_in_any_order=True)
+    if not errp and s.vm_id == -1:
         errp.set("server sent no ID message")
 
 
