@@ -260,6 +260,25 @@ class ServerExit(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class Abandon(Action):
+    """An extension: the endpoint's process connects to the contrib server and closes its
+    socket before the server accepts it (the server was busy).  The server's accept then
+    finds the client gone (EPIPE on the version message)."""
+
+    name: ClassVar[str] = "abandon"
+    endpoint: int
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage(Action):
+    """An extension: a plain client writes bytes to its socket; the contrib server takes
+    anything it reads from a client for a disconnection."""
+
+    name: ClassVar[str] = "garbage"
+    endpoint: int
+
+
+@dataclass(frozen=True, slots=True)
 class Realize(Action):
     """``-device TYPE,props`` on QEMU's command line, or with ``hotplug`` (an extension)
     ``device_add`` into a running QEMU: then a failed realize leaves QEMU running."""
@@ -456,6 +475,7 @@ ACTION_TYPES: dict[str, type[Action]] = {
         Connect, Disconnect, ServerSend, ServerExit, Realize, Deliver, MmioRead, MmioWrite,
         Ring, MsixEnable, MsixFunctionMask, MsixMask, PbaRead, HandleIrq, ClientNotify, Reset,
         Unplug, Migrate, ShmRead, ShmWrite, ConfigRead, ConfigWrite, FdCount, EventfdPoll,
+        Abandon, Garbage,
     )
 }
 
@@ -600,12 +620,16 @@ DEFAULT_MESSAGES: tuple[MessageChoice, ...] = (
 class ServerConfig:
     """``policy`` is ``contrib`` (the contrib server's behaviour) or ``scripted`` (only what
     ``server_send`` steps say).  ``messages`` is the menu of ``server_send`` (value, fd) pairs
-    the checkers draw from with the scripted policy (an extension of design §6)."""
+    the checkers draw from with the scripted policy (an extension of design §6).
+    ``socket_capacity`` (an extension) is how many unread messages a client's socket holds
+    before the contrib server's sends fail and are lost (``model.server.SocketLimits``);
+    ``None``, the default, is unbounded."""
 
     policy: str = "contrib"
     vectors: int = 1
     shm_size: int = 4 * 1024 * 1024
     messages: tuple[MessageChoice, ...] = DEFAULT_MESSAGES
+    socket_capacity: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,6 +652,9 @@ class Config:
     clients: tuple[int, ...] = ()
     realize: tuple[DeviceChoice, ...] = ()
     hotplug: bool = False  # an extension: the checkers' realize is device_add (QEMU runs on)
+    # an extension: the checkers' menus hold what a client may do to the contrib server
+    # beyond the protocol (abandon, garbage)
+    hostile_clients: bool = False
 
     def realize_menu(self) -> tuple[DeviceChoice, ...]:
         if self.realize:
@@ -649,12 +676,16 @@ class Config:
             out["host"]["big_endian"] = True
         if self.server.messages != DEFAULT_MESSAGES:
             out["server"]["messages"] = [list(m) for m in self.server.messages]
+        if self.server.socket_capacity is not None:
+            out["server"]["socket_capacity"] = self.server.socket_capacity
         if self.clients:
             out["clients"] = list(self.clients)
         if self.realize:
             out["realize"] = [{"device": d, "props": dict(p)} for d, p in self.realize]
         if self.hotplug:
             out["hotplug"] = True
+        if self.hostile_clients:
+            out["hostile_clients"] = True
         return out
 
 
@@ -706,9 +737,11 @@ def _device_choices(value: Any) -> tuple[DeviceChoice, ...]:
 
 def config_from_json(obj: Any) -> Config:
     obj = _object(obj, "config")
-    _only(obj, ("endpoints", "server", "host", "clients", "realize", "hotplug"), "config")
+    _only(obj, ("endpoints", "server", "host", "clients", "realize", "hotplug",
+                "hostile_clients"), "config")
     server = _object(obj.get("server", {}), "config.server")
-    _only(server, ("policy", "vectors", "shm_size", "messages"), "config.server")
+    _only(server, ("policy", "vectors", "shm_size", "messages", "socket_capacity"),
+          "config.server")
     host = _object(obj.get("host", {}), "config.host")
     _only(host, ("kvm_msi_irqfd", "ioeventfd", "big_endian"), "config.host")
     policy = server.get("policy", "contrib")
@@ -731,6 +764,8 @@ def config_from_json(obj: Any) -> Config:
                               UINT64_MAX),
                 messages=_messages(server["messages"]) if "messages" in server
                 else DEFAULT_MESSAGES,
+                socket_capacity=_int(server["socket_capacity"], "server.socket_capacity", 3,
+                                     1 << 20) if "socket_capacity" in server else None,
             ),
             host=HostConfig(
                 kvm_msi_irqfd=_bool(host.get("kvm_msi_irqfd", False), "host.kvm_msi_irqfd"),
@@ -739,6 +774,7 @@ def config_from_json(obj: Any) -> Config:
             ),
             clients=tuple(sorted(set(clients))),
             hotplug=_bool(obj.get("hotplug", False), "hotplug"),
+            hostile_clients=_bool(obj.get("hostile_clients", False), "hostile_clients"),
             realize=_device_choices(obj["realize"]) if "realize" in obj else (),
         )
     except TraceError as err:

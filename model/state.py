@@ -274,6 +274,9 @@ class Server:
     cur_id: int = 0
     shm_obj: int = -1
     peers: tuple[ServerPeer, ...] = ()
+    # Why the server shut itself down (the contrib server's debug text, S:165-186 through
+    # S:414-419 and M:172-175); "" while it runs and after a ``server_exit``.
+    failure: str = ""
     _hash: int = _hash_slot()
 
 

@@ -34,6 +34,7 @@ from model import pci
 from model import server as srv
 from model.actions import (
     SIZED_FD_KINDS,
+    Abandon,
     Action,
     ClientNotify,
     Config,
@@ -44,6 +45,7 @@ from model.actions import (
     Disconnect,
     EventfdPoll,
     FdCount,
+    Garbage,
     HandleIrq,
     Migrate,
     MmioRead,
@@ -296,6 +298,37 @@ def _run_device(
 # One handler per action
 
 
+def _limits(state: SystemState, closed: frozenset[int] = frozenset()) -> srv.SocketLimits:
+    """The kernel's rules for the contrib server's sends: the configured socket capacity
+    (unbounded by default) and EPIPE to the endpoints in ``closed``."""
+    capacity = state.config.server.socket_capacity
+    if capacity is None and not closed:
+        return srv.UNLIMITED
+    return srv.SocketLimits(capacity, closed)
+
+
+def _contrib_accept(work: Work, e: int, limits: srv.SocketLimits) -> None:
+    """``ivshmem_server_handle_new_conn`` (S:131-222) for endpoint ``e``; a failure shuts the
+    server down (:func:`_contrib_fails`)."""
+    state = work.state
+    outcome = srv.new_conn(work.server, work.world, e, state.config.server.vectors, work.obs,
+                           limits)
+    if isinstance(outcome, str):
+        _contrib_fails(work, outcome, limits)
+    else:
+        work.server = outcome
+
+
+def _contrib_fails(work: Work, failure: str, limits: srv.SocketLimits) -> None:
+    """A failed accept ends the contrib server: ``ivshmem_server_handle_fds`` returns -1
+    (S:414-419), ``ivshmem_server_poll_events`` leaves its loop (M:172-175) and ``main``
+    closes the server (M:266-271, ``ivshmem_server_close`` S:364-383: every peer freed)."""
+    work.obs.append({"error": failure})
+    server = srv.server_close(work.server, work.world, work.obs, limits)
+    work.server = replace(server, failure=failure)
+    work.world.server_up = False
+
+
 def _connect(state: SystemState, a: Connect) -> StepResult | None:
     ep = state.endpoints[a.endpoint]
     if ep.connected or not _alive(ep) or not state.server.up:
@@ -304,15 +337,39 @@ def _connect(state: SystemState, a: Connect) -> StepResult | None:
     client = Client() if ep.role == "client" else None
     work.endpoints[a.endpoint] = replace(ep, connected=True, client=client)
     if state.config.server.policy == "contrib":
-        server = srv.handle_new_conn(
-            work.server, work.world, a.endpoint, state.config.server.vectors, work.obs
-        )
-        if server is None:
-            work.obs.append({"error": "cannot allocate new client id"})
-            work.server = srv.server_close(work.server, work.world, work.obs)
-            work.world.server_up = False
-        else:
-            work.server = server
+        _contrib_accept(work, a.endpoint, _limits(state))
+    return work.commit()
+
+
+def _abandon(state: SystemState, a: Abandon) -> StepResult | None:
+    """A process connects and closes its socket before the contrib server accepts it.  The
+    accept succeeds (S:140-147) and the version message fails with EPIPE (S:102-108, SIGPIPE
+    ignored M:213-221): "cannot send initial info" (S:183-186), and the whole server goes
+    down (:func:`_contrib_fails`).  The endpoint stays unconnected."""
+    ep = state.endpoints[a.endpoint]
+    if state.config.server.policy != "contrib" or not state.server.up:
+        return None
+    if ep.connected or not _alive(ep) or ep.device is not None:
+        return None
+    work = Work(state)
+    _contrib_accept(work, a.endpoint, _limits(state, frozenset({a.endpoint})))
+    return work.commit()
+
+
+def _garbage(state: SystemState, a: Garbage) -> StepResult | None:
+    """A plain client writes to its socket.  The contrib server reads nothing from clients:
+    any readable peer socket is a disconnection (S:421-427), ``ivshmem_server_free_peer``
+    (S:74-93) closes the socket and tells the others.  The client keeps what was queued
+    for it; like a server that exited, the model lets it read that and sends nothing more."""
+    ep = state.endpoints[a.endpoint]
+    if state.config.server.policy != "contrib" or not state.server.up:
+        return None
+    if ep.role != "client" or not ep.connected or not _alive(ep):
+        return None
+    if all(p.endpoint != a.endpoint for p in state.server.peers):
+        return None
+    work = Work(state)
+    work.server = srv.free_peer(work.server, work.world, a.endpoint, work.obs, _limits(state))
     return work.commit()
 
 
@@ -323,7 +380,8 @@ def _disconnect(state: SystemState, a: Disconnect) -> StepResult | None:
     work = Work(state)
     work.exit_process(a.endpoint)
     if state.config.server.policy == "contrib" and state.server.up:
-        work.server = srv.free_peer(work.server, work.world, a.endpoint, work.obs)
+        work.server = srv.free_peer(work.server, work.world, a.endpoint, work.obs,
+                                    _limits(state))
     return work.commit()
 
 
@@ -334,13 +392,35 @@ def _server_send(state: SystemState, a: ServerSend) -> StepResult | None:
     if not ep.connected or not _alive(ep):
         return None
     work = Work(state)
-    # The chardev keeps the first descriptor and closes the others before the device reads
-    # the message (char-socket.c tcp_get_msgfds): only the first becomes an object here.
     attached = a.attached
-    obj = _new_fd_object(work, attached[0], state.config.server.shm_size) if attached else None
-    work.world.send(a.endpoint, a.value, obj)
+    size = state.config.server.shm_size
+    if ep.role == "client":
+        _client_send(work, a.endpoint, a.value, attached)
+    else:
+        # The chardev keeps the first descriptor and closes the others before the device
+        # reads the message (char-socket.c tcp_get_msgfds): only the first becomes an object.
+        obj = _new_fd_object(work, attached[0], size) if attached else None
+        work.world.send(a.endpoint, a.value, obj)
     work.obs.append(srv.send_obs(a.endpoint, a.value, a.fd))
     return work.commit()
+
+
+def _client_send(work: Work, e: int, value: int, attached: tuple[str, ...]) -> None:
+    """A message with ``attached`` descriptors to a plain client, as
+    ``ivshmem_client_read_one_msg`` will take it (C:26-72, :func:`srv.client_read_one_msg`):
+    its control buffer holds :data:`srv.CLIENT_CMSG_ROOM` descriptors (C:33, the kernel
+    closes the rest) and it keeps one only from a header of exactly one (C:60-69).  So with
+    two or more the message carries none, and the first two are the client's with nothing
+    referring to them: a leak.  The kernel installs them when the client reads; the model,
+    whose message holds one descriptor, gives them at the send (the client's exit closes
+    them all the same)."""
+    size = work.state.config.server.shm_size
+    objs = tuple(_new_fd_object(work, text, size) for text in attached[:srv.CLIENT_CMSG_ROOM])
+    taken = srv.client_read_one_msg(objs)
+    work.world.send(e, value, None if taken < 0 else taken)
+    if taken < 0:
+        for obj in objs:
+            work.world.new_fd(obj, e)
 
 
 def _new_fd_object(work: Work, text: str, default_size: int) -> int:
@@ -358,7 +438,7 @@ def _server_exit(state: SystemState, a: ServerExit) -> StepResult | None:
         return None
     work = Work(state)
     if state.config.server.policy == "contrib":
-        work.server = srv.server_close(work.server, work.world, work.obs)
+        work.server = srv.server_close(work.server, work.world, work.obs, _limits(state))
     else:
         work.server = replace(work.server, up=False)
     work.world.server_up = False
@@ -424,9 +504,11 @@ def _client_deliver(state: SystemState, e: int) -> StepResult | None:
         return None
     work = Work(state)
     value, fd = work.world.pop_message(e)
+    obj = None
     if fd >= 0:
         work.world.give(fd, e)
-    client, error = srv.client_handle_msg(ep.client, value, fd)
+        obj = work.world.obj_of(fd)  # an own vector that is no eventfd fails the client
+    client, error = srv.client_handle_msg(ep.client, value, fd, obj)
     if error is not None:
         fate = Fate("failed", error)
         work.obs.extend([{"error": error}, fate.to_json()])
@@ -756,6 +838,8 @@ def _eventfd_poll(state: SystemState, a: EventfdPoll) -> StepResult | None:
 HANDLERS: dict[type[Action], Callable[[SystemState, Any], StepResult | None]] = {
     Connect: _connect,
     Disconnect: _disconnect,
+    Abandon: _abandon,
+    Garbage: _garbage,
     ServerSend: _server_send,
     ServerExit: _server_exit,
     Realize: _realize,
@@ -795,9 +879,11 @@ def step(state: SystemState, action: Action) -> StepResult | None:
 
 # Action types no menu instantiates: the guest's configuration space and shared memory, whose
 # values are unbounded and which change no seed state but the PCI core's.  Conformance
-# campaigns and Hypothesis' free rules draw them; the explorer does not.
+# campaigns and Hypothesis' free rules draw them; the explorer does not.  What a client may
+# do to the contrib server beyond the protocol (abandon, garbage) is on the menus only of
+# configurations that ask for it (``hostile_clients``).
 OFF_MENU: frozenset[type[Action]] = frozenset(
-    {ShmRead, ShmWrite, ConfigRead, ConfigWrite, FdCount, EventfdPoll})
+    {ShmRead, ShmWrite, ConfigRead, ConfigWrite, FdCount, EventfdPoll, Abandon, Garbage})
 
 
 def candidates(state: SystemState) -> Iterator[Action]:
@@ -805,9 +891,14 @@ def candidates(state: SystemState) -> Iterator[Action]:
     config = state.config
     if state.server.up:
         yield ServerExit()
+    hostile = config.hostile_clients and config.server.policy == "contrib"
     for e, ep in enumerate(state.endpoints):
         yield Connect(e)
         yield Disconnect(e)
+        if hostile:
+            yield Abandon(e)
+            if ep.role == "client":
+                yield Garbage(e)
         if config.server.policy == "scripted":
             for value, fd in config.server.messages:
                 yield ServerSend(e, value, fd)

@@ -187,6 +187,15 @@ def peer_view(state: SystemState) -> str | None:
     return None
 
 
+def serves_on(state: SystemState) -> str | None:
+    """The contrib server keeps serving whatever one client does: it goes down only when a
+    ``server_exit`` stops it, never on its own because of something a client did (the
+    failures it reports and stops on are recorded in the state, ``Server.failure``)."""
+    if state.config.server.policy != "contrib" or not state.server.failure:
+        return None
+    return f"the server shut itself down: {state.server.failure}"
+
+
 def id_unique(state: SystemState) -> str | None:
     """No two live devices on one server have the same ID."""
     seen: dict[int, int] = {}
@@ -327,6 +336,7 @@ PROPERTIES: tuple[Property, ...] = (
              check=protocol_agreement),
     Property("migration_blockers", "always", migration_blockers.__doc__ or "",
              check=migration_blockers),
+    Property("serves_on", "always", serves_on.__doc__ or "", check=serves_on),
     Property("own_vectors_watched", "always", own_vectors_watched.__doc__ or "",
              check=own_vectors_watched),
     Property(

@@ -52,6 +52,8 @@ EXAMPLES = [
     {"action": "config_write", "endpoint": 0, "register": "command", "value": 4},
     {"action": "fd_count", "endpoint": 1},
     {"action": "eventfd_poll", "endpoint": 0, "peer": 3, "vector": 1},
+    {"action": "abandon", "endpoint": 1},
+    {"action": "garbage", "endpoint": 0},
 ]
 
 
@@ -179,6 +181,17 @@ def test_config_defaults_and_extensions() -> None:
     with pytest.raises(TraceError) as info:
         config_from_json({"clients": [5], "endpoints": 2})
     assert info.value.where == "config.clients[0]"
+
+
+def test_config_contrib_failure_extensions() -> None:
+    assert "socket_capacity" not in config_from_json({}).to_json()["server"]
+    assert "hostile_clients" not in config_from_json({}).to_json()
+    config = config_from_json({"server": {"socket_capacity": 4}, "hostile_clients": True})
+    assert (config.server.socket_capacity, config.hostile_clients) == (4, True)
+    assert config_from_json(config.to_json()) == config
+    with pytest.raises(TraceError) as info:
+        config_from_json({"server": {"socket_capacity": 2}})
+    assert info.value.where == "config.server.socket_capacity"
 
 
 def test_counterexample_round_trip() -> None:

@@ -8,12 +8,27 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
-from model.actions import Connect, Disconnect, Trace
+from model.actions import (
+    Abandon,
+    Action,
+    Config,
+    Connect,
+    Deliver,
+    Disconnect,
+    Garbage,
+    Realize,
+    ServerConfig,
+    ServerExit,
+    ServerSend,
+    Trace,
+    load_counterexample,
+)
 from model.executor.contrib import (
     OPS,
     PROPERTIES,
@@ -36,17 +51,22 @@ from model.server import (
     handle_new_conn,
     select_round,
 )
-from model.state import Server
-from model.system import initial_state, step
+from model.state import Fate, Server, SystemState
+from model.system import enabled, initial_state, step
+from model.variants import VARIANTS
+from properties.invariants import BY_NAME
+from properties.trace import run_trace
 
 sys.path.insert(0, os.path.dirname(__file__))
-from helpers import contrib
+from helpers import contrib, play
 from test_lockstep import two_peers
 
 PROGRAMS = contrib_programs()
 needs_c = pytest.mark.skipif(isinstance(PROGRAMS, str), reason=str(PROGRAMS))
 Property = Callable[[ServerModel], "str | None"]
 EXAMPLES = int(os.environ.get("IVSHMEM_CONTRIB_EXAMPLES", "30"))
+CORPUS = Path(__file__).resolve().parent.parent / "counterexamples"
+QEMU_72 = VARIANTS["qemu-7.2"]  # the variant of the QEMU whose contrib programs run here
 
 
 def c_server() -> str:
@@ -103,13 +123,17 @@ def test_select_round_client_gone_before_accept_shuts_the_server_down() -> None:
     assert model.failure == "cannot send initial info"
     assert serves_on(model) is not None
     assert model.eof == {0}
-    # The system model (unbounded, atomic connect) keeps serving: the abstraction documented.
+    # In the system model connect is atomic: a connect then a disconnect keeps it serving;
+    # a close before the accept is the action abandon, which brings it down the same way.
     state = initial_state(contrib(2))
     for action in (Connect(0), Connect(1), Disconnect(1)):
         outcome = step(state, action)
         assert outcome is not None
         state = outcome[0]
     assert state.server.up
+    state = play(contrib(2), Connect(0), Abandon(1))
+    assert (state.server.up, state.server.failure) == (False, model.failure)
+    assert state.server.peers == ()  # peer 0 freed by the server's close: its socket closed
 
 
 @needs_c
@@ -287,3 +311,201 @@ def test_send_past_capacity_is_dropped_and_keeps_nothing_in_flight() -> None:
     assert len(world.channel(0)) == 4
     assert obs[7] == {"dropped": {"to": 0, "value": 1, "fd": "eventfd"}}
     assert handle_new_conn(server, world, 0, 1, [], SocketLimits(closed=frozenset({0}))) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The system model's plain client: the C client's rules (model/server.py, C:26-72, C:293-324)
+
+
+def client_set_up(*steps: Action) -> SystemState:
+    """A plain client on a scripted server, set up (version, id 1, shm), then ``steps``."""
+    config = Config(endpoints=1, clients=(0,), server=ServerConfig(policy="scripted"))
+    setup: list[Action] = [Connect(0)]
+    for value, fd in ((0, None), (1, None), (-1, "shm")):
+        setup += [ServerSend(0, value, fd), Deliver(0)]
+    return play(config, *setup, *steps)
+
+
+def unreferenced_open_fds(state: SystemState, e: int) -> int:
+    client = state.endpoints[e].client
+    assert client is not None
+    held = {client.shm_fd, *client.local, *(d for p in client.peers for d in p.vectors)}
+    return sum(1 for d, entry in enumerate(state.fds)
+               if entry is not None and entry.open and entry.owner == e and d not in held)
+
+
+def test_system_client_keeps_no_fd_of_a_message_with_two_and_reads_a_delete() -> None:
+    """C:33 has room for one descriptor and C:62-66 keep only a header of exactly one: two
+    eventfds for known peer 0 read as "peer 0 left", and both descriptors leak."""
+    known = (ServerSend(0, 0, "eventfd"), Deliver(0))
+    client = client_set_up(*known).endpoints[0].client
+    assert client is not None and [p.id for p in client.peers] == [0]
+    state = client_set_up(*known, ServerSend(0, 0, "eventfd", ("eventfd",)), Deliver(0))
+    client = state.endpoints[0].client
+    assert client is not None and client.peers == ()
+    assert state.endpoints[0].fate is None
+    assert unreferenced_open_fds(state, 0) == 2
+    check = BY_NAME["fd_conservation"].check
+    assert check is not None and (check(state) or "").startswith("endpoint 0 leaks descriptor")
+
+
+def test_system_client_fails_on_three_fds_for_an_unknown_peer_and_leaks_two() -> None:
+    state = client_set_up(ServerSend(0, 5, "eventfd", ("pipe", "devnull")), Deliver(0))
+    assert state.endpoints[0].fate == Fate("failed", "receive delete for invalid peer 5")
+    # the kernel cut the third descriptor (MSG_CTRUNC): only the first two reach the process
+    owned = [e for e in state.fds if e is not None and e.open and e.owner == 0]
+    kinds = sorted(o.kind for o in (state.objects[e.obj] for e in owned) if o is not None)
+    assert kinds == ["eventfd", "pipe", "shm"]
+
+
+def test_system_client_keeps_one_fd_as_before() -> None:
+    state = client_set_up(ServerSend(0, 0, "eventfd", ()), Deliver(0))
+    client = state.endpoints[0].client
+    assert client is not None and [len(p.vectors) for p in client.peers] == [1]
+    assert unreferenced_open_fds(state, 0) == 0
+
+
+@pytest.mark.parametrize(("kind", "error"), [
+    ("devnull", "invalid read size = 0"), ("file:13", "invalid read size = 5"),
+    ("shm:4096", "invalid read size = 0"), ("eventfd", None), ("pipe", None)])
+def test_system_client_own_vector_that_reads_short_ends_it(kind: str, error: str | None) -> None:
+    """C:282-288 select on own vectors, C:311-315 fail on a short read: an own vector that
+    is a file or /dev/null ends the client once it arrives (client_own_vector_eof)."""
+    state = client_set_up(ServerSend(0, 1, kind), Deliver(0))
+    fate = state.endpoints[0].fate
+    assert fate == (None if error is None else Fate("failed", error))
+    if error is None:
+        client = state.endpoints[0].client
+        assert client is not None and len(client.local) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The C server's failures in the system model (abandon, garbage, server.socket_capacity),
+# against the raw model (ServerModel) and the C server
+
+
+def raw_steps_of(steps: tuple[Action, ...]) -> tuple[RawStep, ...]:
+    """A system-model trace of the contrib server as raw-client steps: ``abandon`` is a
+    connect and a close while the server is stopped; a ``realize`` reads the three setup
+    messages (S:97-127) and a ``deliver`` one message."""
+    out: list[RawStep] = []
+    for a in steps:
+        e = getattr(a, "endpoint", 0)
+        if isinstance(a, Abandon):
+            out += [R("freeze"), R("connect", e), R("close", e), R("thaw")]
+        elif isinstance(a, Realize):
+            out += [R("read", e)] * 3
+        else:
+            op = {Connect: "connect", Deliver: "read", Disconnect: "close", Garbage: "garbage",
+                  ServerExit: "exit"}[type(a)]
+            out.append(R(op, e))
+    return tuple(out)
+
+
+def raw_trace_of(trace: Trace) -> RawTrace:
+    server = trace.config.server
+    return RawTrace(trace.config.endpoints, raw_steps_of(trace.steps), server.vectors,
+                    server.shm_size)
+
+
+def overflow_shape(capacity: int, vectors: int) -> int:
+    """How many clients must connect, each with ``vectors`` eventfds, before the first one's
+    socket of ``capacity`` messages overflows (3 setup messages, then every peer's vectors)."""
+    clients = 2
+    while 3 + vectors * clients <= capacity:
+        clients += 1
+    return clients
+
+
+@needs_c
+def test_corpus_abandoned_connection_is_confirmed_on_the_c_server() -> None:
+    cx = load_counterexample(str(CORPUS / "contrib-server-shuts-down-on-an-abandoned-connection"
+                                 ".json"))
+    violation = run_trace(cx.trace, QEMU_72).first("serves_on")
+    assert violation is not None
+    model = agree(raw_trace_of(cx.trace))
+    assert model.failure == "cannot send initial info"
+    assert serves_on(model) == violation.message
+
+
+@needs_c
+@pytest.mark.parametrize("name", ["contrib-full-socket-loses-a-peer",
+                                  "contrib-full-socket-device-misses-a-peer"])
+def test_corpus_full_socket_is_confirmed_on_the_c_server(name: str) -> None:
+    """The entry's shape (every endpoint connects, then endpoint 0 reads its socket dry) with
+    as many clients of 64 vectors as this machine's sockets need to overflow: the system
+    model with that capacity and the C server (in lock step) both lose the advertisement."""
+    cx = load_counterexample(str(CORPUS / f"{name}.json"))
+    config = cx.trace.config
+    assert config.server.socket_capacity is not None
+    reads = [s for s in raw_steps_of(cx.trace.steps) if s.op == "read"]
+    connects = raw_steps_of(cx.trace.steps)[:config.endpoints]
+    assert connects == tuple(R("connect", e) for e in range(config.endpoints))
+    assert reads == [R("read", 0)] * config.server.socket_capacity
+    capacity = socket_capacity()
+    clients = overflow_shape(capacity, 64)
+    assert overflow_shape(config.server.socket_capacity, config.server.vectors) == \
+        config.endpoints
+    scaled = Trace(
+        Config(endpoints=clients, clients=tuple(range(clients)),
+               server=ServerConfig(vectors=64, socket_capacity=capacity)),
+        (*(Connect(e) for e in range(clients)), *[Deliver(0)] * capacity))
+    violation = run_trace(scaled, QEMU_72).first("peer_view")
+    assert violation is not None and violation.step == len(scaled.steps) - 1
+    model = agree(raw_trace_of(scaled))
+    assert views_match_roster(model) is not None
+
+
+def test_abandon_and_garbage_are_on_the_menus_only_when_asked() -> None:
+    def hostile(config: Config) -> set[Action]:
+        return {a for a in enabled(play(config, Connect(0))) if isinstance(a, Abandon | Garbage)}
+
+    assert hostile(contrib(2, clients=(0,))) == set()
+    assert hostile(contrib(2, clients=(0,), hostile_clients=True)) == {Garbage(0), Abandon(1)}
+    # off the menus, a trace may still take them
+    assert step(play(contrib(2, clients=(0,)), Connect(0)), Garbage(0)) is not None
+
+
+def system_raw_pair(capacity: int, vectors: int) -> tuple[SystemState, ServerModel]:
+    config = Config(endpoints=3, clients=(0, 1, 2), hostile_clients=True,
+                    server=ServerConfig(vectors=vectors, socket_capacity=capacity))
+    return initial_state(config), ServerModel(3, vectors, config.server.shm_size, capacity)
+
+
+def _channel(world_channel: object, fds: object, objects: object) -> list[tuple[int, object]]:
+    out = []
+    for value, d in world_channel:  # type: ignore[attr-defined]
+        out.append((value, None if d < 0 else objects[fds[d].obj].kind))  # type: ignore[index]
+    return out
+
+
+hostile_actions = st.lists(st.builds(
+    lambda kind, e: ServerExit() if kind is ServerExit else kind(e),
+    st.sampled_from([Connect, Connect, Deliver, Deliver, Deliver, Disconnect, Abandon, Garbage,
+                     ServerExit]),
+    st.integers(0, 2)), max_size=25)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(3, 8), st.integers(0, 2), hostile_actions)
+def test_system_model_agrees_with_the_raw_model_on_hostile_clients(
+        capacity: int, vectors: int, actions: list[Action]) -> None:
+    """The system model's contrib server (connect, deliver, disconnect, abandon, garbage,
+    server_exit, a socket capacity) sends what the raw model, checked in lock step against
+    the C server, sends: every step, the server's fate and roster and every open channel."""
+    state, raw = system_raw_pair(capacity, vectors)
+    for action in actions:
+        outcome = step(state, action)
+        if outcome is None:
+            continue
+        state = outcome[0]
+        for s in raw_steps_of((action,)):
+            assert not raw.reused(s) and raw.enabled(s), (action, s)
+            raw.step(s)
+        assert state.server.up == raw.server.up
+        assert state.server.failure == (raw.failure or "")
+        assert [(p.endpoint, p.id) for p in state.server.peers] == \
+            [(p.endpoint, p.id) for p in raw.server.peers]
+        for e in raw.open:
+            assert _channel(state.channels[e], state.fds, state.objects) == \
+                _channel(raw.world.channel(e), raw.world.fds, raw.world.objects), e

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from helpers import contrib, doorbell, play, run, scripted
 
-from model.actions import Config, Connect, Deliver, ServerSend, load_counterexample
+from model.actions import (
+    Abandon,
+    Config,
+    Connect,
+    Deliver,
+    ServerExit,
+    ServerSend,
+    load_counterexample,
+)
 from model.state import Peer, SystemState
 from model.variants import FIXED, SEED
 from properties.invariants import BY_NAME, PROPERTIES, SAFETY, site_of, violations
@@ -154,6 +162,17 @@ def test_fd_conservation_sees_a_leak() -> None:
     assert message is None  # still referenced by its ioeventfd
 
 
+def test_serves_on_fails_when_a_client_is_gone_before_it_is_accepted() -> None:
+    """A process that connects and closes before the contrib server accepts it brings the
+    server down (S:183-186, S:414-419, M:172-175); a server_exit is no violation."""
+    check = BY_NAME["serves_on"].check
+    assert check is not None
+    message = check(play(contrib(), Connect(0), Abandon(1)))
+    assert message == "the server shut itself down: cannot send initial info"
+    assert check(play(contrib(), Connect(0), ServerExit())) is None
+    assert check(quiet_pair()) is None
+
+
 def test_site_of_names_the_seed_line() -> None:
     assert site_of("endpoint 0 crashed at seed 439: double_free: x") == "seed 439"
     assert site_of("endpoint 0 aborted at msix.c msix_notify: y") == "msix.c msix_notify"
@@ -164,5 +183,5 @@ def test_every_safety_property_has_a_failing_test_above() -> None:
     tested = {"vector_bounds", "mask_balance", "route_balance", "memory_safety", "no_abort",
               "fd_conservation", "no_hang", "id_unique", "master_unique", "peer_view",
               "ivposition", "intx_rule", "msi_rule", "bar2_width", "protocol_agreement",
-              "migration_blockers", "own_vectors_watched"}
+              "migration_blockers", "own_vectors_watched", "serves_on"}
     assert {p.name for p in SAFETY} == tested

@@ -250,6 +250,9 @@ class _Session:
             raise Unsupported("the KVM irqfd path needs /dev/kvm")
         if self.config.host.big_endian:
             raise Unsupported("host.big_endian: the QEMUs here run on a little-endian host")
+        if self.config.server.socket_capacity is not None:
+            raise Unsupported("server.socket_capacity: the kernel's socket buffers hold what "
+                              "they hold (tests/test_contrib.py runs overflows on the C server)")
 
     def _start_server(self) -> None:
         from model.executor.lockstep import RealServer
@@ -403,6 +406,13 @@ class _Session:
             os.close(fd)
             return readonly
         return fd
+
+    def _abandon(self, _a: Action) -> list[Observation] | None:
+        raise Unsupported("a client gone before it is accepted runs against the C server "
+                          "(tests/test_contrib.py), not with QEMU")
+
+    def _garbage(self, _a: Action) -> list[Observation] | None:
+        raise Unsupported("plain ivshmem-client endpoints are not run on QEMU")
 
     def _server_exit(self, _a: ServerExit) -> list[Observation] | None:
         if not self.server_up:
