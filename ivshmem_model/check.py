@@ -318,6 +318,8 @@ def run_explore(args: argparse.Namespace) -> int:
             raise TraceError(f"expected 1 to 512, got {args.workers}", "--workers")
         if args.resume and not args.checkpoint:
             raise TraceError("--resume needs --checkpoint DIR", "--resume")
+        if args.por and (args.workers > 1 or args.ray or args.checkpoint):
+            raise TraceError("--por runs in one process", "--por")
         from properties.distributed import DistributedError
 
         try:
@@ -326,7 +328,7 @@ def run_explore(args: argparse.Namespace) -> int:
                                             time_limit=600.0, symmetry=args.symmetry,
                                             workers=args.workers, coverage=args.coverage,
                                             ray=args.ray, checkpoint=args.checkpoint,
-                                            resume=args.resume),
+                                            resume=args.resume, por=args.por),
                              progress)
         except DistributedError as err:
             where = "--ray" if args.ray else "--checkpoint" if args.checkpoint else "--workers"
@@ -342,6 +344,8 @@ def run_explore(args: argparse.Namespace) -> int:
         "witnesses": {k: len(p) for k, p in result.witnesses.items()},
         "unconfirmed": result.unconfirmed,
     }
+    if args.por:
+        report["slept"] = result.slept
     if result.coverage is not None:
         report["coverage"] = result.coverage.to_json()
     if args.json:

@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="save every completed level in DIR (runs on Ray)")
     explore.add_argument("--resume", action="store_true",
                          help="continue the run saved in --checkpoint DIR from its last level")
+    explore.add_argument("--por", action="store_true",
+                         help="partial-order reduction by sleep sets: the same states and "
+                              "findings, fewer steps (one process; properties/por.py)")
     explore.add_argument("--coverage", action="store_true",
                          help="report the seed functions and lines exercised (slow)")
     explore.add_argument("--json", action="store_true", help="machine-readable output")

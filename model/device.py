@@ -12,6 +12,8 @@ from and to the frozen :class:`~model.state.Device`.
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -96,12 +98,24 @@ class Tracked(dict[int, Any]):
         super().__setitem__(key, value)
 
 
+def _untouched(current: dict[int, Any]) -> bool:
+    """Whether a thawed sparse array is still the one thawed, never written."""
+    return isinstance(current, Tracked) and not current.dirty
+
+
 def _freeze_sparse(
     current: dict[int, Any], original: tuple[tuple[int, Any], ...], default: Any
 ) -> tuple[tuple[int, Any], ...]:
-    if isinstance(current, Tracked) and not current.dirty:
+    if _untouched(current):
         return original
     return tuple(sorted(p for p in current.items() if p[1] != default))
+
+
+# Every compared field of ``Device`` but the arrays, MSI-X and the ioeventfds, which
+# ``IVShmemState.freeze`` compares on their own: one C-level getter for both records.
+_scalars = operator.attrgetter(*(
+    f.name for f in dataclasses.fields(Device)
+    if f.compare and f.name not in {"peers", "msi_vectors", "msix", "ioeventfds"}))
 
 
 class IVShmemState(PCIDevice):
@@ -157,6 +171,10 @@ class IVShmemState(PCIDevice):
         """The frozen device; the very object thawed when nothing changed (cheap to hash)."""
         d = self._frozen
         ioeventfds = tuple(sorted(self.ioeventfds))
+        msix = self.freeze_msix(d.msix)
+        if (_untouched(self.peers) and _untouched(self.msi_vectors) and msix is d.msix
+                and ioeventfds == d.ioeventfds and _scalars(self) == _scalars(d)):
+            return d  # compared field by field: no record built for a step that changed nothing
         device = Device(
             type=self.type,
             features=self.features,

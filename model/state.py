@@ -17,6 +17,7 @@ meaning "that closed descriptor" and its use is caught.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ def _cached_hash(self: Any) -> int:
     unchanged endpoint or device is shared by consecutive states."""
     h: int = self._hash
     if not h:
-        h = hash(tuple(getattr(self, name) for name in type(self)._hash_fields)) or 1
+        h = hash(type(self)._hash_values(self)) or 1
         object.__setattr__(self, "_hash", h)
     return h
 
@@ -37,6 +38,9 @@ def _cached_hash(self: Any) -> int:
 def hash_cached(cls: Any) -> Any:
     """Class decorator (outermost, above ``@dataclass``): a cached ``__hash__``."""
     cls._hash_fields = tuple(f.name for f in fields(cls) if f.compare)
+    # The compared fields as one tuple (``attrgetter`` of two or more names returns a tuple).
+    assert len(cls._hash_fields) > 1, cls
+    cls._hash_values = operator.attrgetter(*cls._hash_fields)
     cls.__hash__ = _cached_hash
     return cls
 

@@ -146,6 +146,14 @@ class Work:
         irqfds = tuple(proc.irqfds)
         fd_handlers = tuple(proc.fd_handlers)
         faults = tuple(proc.faults)
+        self.obs.extend(proc.obs)
+        if (device is ep.device and (fate is None or fate == ep.fate)
+                and (unplugged is None or unplugged == ep.unplugged)
+                and kvm_routes == ep.kvm_routes and irqfds == ep.irqfds
+                and fd_handlers == ep.fd_handlers and faults == ep.faults):
+            # Nothing changed: keep the very record (hashed once, compared by identity).  This
+            # test names every field the record below takes from the step: keep them in step.
+            return
         self.endpoints[e] = Endpoint(
             connected=ep.connected,
             role=ep.role,
@@ -161,7 +169,6 @@ class Work:
             memdevs=ep.memdevs,
             stale_blockers=ep.stale_blockers,
         )
-        self.obs.extend(proc.obs)
 
     def finish(
         self, e: int, proc: Proc, device: Device | None, fate: Fate | None = None,
@@ -186,6 +193,11 @@ class Work:
 
     def commit(self) -> StepResult:
         fds, objects, channels = self.world.frozen()
+        old = self.state
+        if (fds is old.fds and objects is old.objects and channels is old.channels
+                and self.server is old.server
+                and all(a is b for a, b in zip(self.endpoints, old.endpoints, strict=True))):
+            return old, self.obs  # a step that changed nothing: the very state (a self-loop)
         state = SystemState(
             server=self.server,
             endpoints=tuple(self.endpoints),
@@ -200,6 +212,26 @@ class Work:
         return state, self.obs
 
 
+def endpoint_descriptors(ep: Endpoint, refs: set[int]) -> set[int]:
+    """Add to ``refs`` every descriptor number endpoint ``ep``'s record refers to (``-1``,
+    "none", included when present)."""
+    refs.update(d for d, _ in ep.fd_handlers)
+    refs.update(d for _, d in ep.irqfds)
+    device = ep.device
+    if device is not None:
+        for _, peer in device.peers:
+            refs.update(peer.eventfds)
+        refs.update(d for _, d in device.ioeventfds)
+        refs.add(device.bar2_fd)
+    client = ep.client
+    if client is not None:
+        refs.add(client.shm_fd)
+        refs.update(client.local)
+        for cp in client.peers:
+            refs.update(cp.vectors)
+    return refs
+
+
 def referenced_descriptors(state: SystemState) -> frozenset[int]:
     """Every descriptor number something in the state refers to (computed once per state)."""
     cached = state._refs
@@ -207,20 +239,7 @@ def referenced_descriptors(state: SystemState) -> frozenset[int]:
         return cached
     refs: set[int] = set()
     for ep in state.endpoints:
-        refs.update(d for d, _ in ep.fd_handlers)
-        refs.update(d for _, d in ep.irqfds)
-        device = ep.device
-        if device is not None:
-            for _, peer in device.peers:
-                refs.update(peer.eventfds)
-            refs.update(d for _, d in device.ioeventfds)
-            refs.add(device.bar2_fd)
-        client = ep.client
-        if client is not None:
-            refs.add(client.shm_fd)
-            refs.update(client.local)
-            for cp in client.peers:
-                refs.update(cp.vectors)
+        endpoint_descriptors(ep, refs)
     for channel in state.channels:
         refs.update(d for _, d in channel)
     refs.discard(-1)

@@ -1,37 +1,52 @@
 """Explicit-state exploration: breadth-first over ``successors``, every state judged.
 
-Stateright's loop (style.md §1): a queue, a seen set that doubles as the parent map, the
-registry checked on each new state, the first (hence shortest) path kept per violated
-property and site.  Options live in one frozen :class:`ExploreOptions`, like ``CheckerBuilder``:
-depth and state bounds, a time limit, symmetry reduction (``properties/symmetry.py``),
-partitions on Ray (``properties/distributed.py``) with checkpoints, seed coverage
-(``properties/coverage.py``) and the explored graph.
+Stateright's loop (style.md §1): a queue, a seen set, parent links, the registry checked on
+each new state, the first (hence shortest) path kept per violated property and site.  Options
+live in one frozen :class:`ExploreOptions`, like ``CheckerBuilder``: depth and state bounds, a
+time limit, symmetry reduction (``properties/symmetry.py``), sleep sets
+(``properties/por.py``), partitions on Ray (``properties/distributed.py``) with checkpoints,
+seed coverage (``properties/coverage.py``) and the explored graph.
 
-Paths are actions only.  The queue holds the *concrete* states reached; the parent map is keyed
-by representative and stores the concrete action applied to the concrete parent, so a path is
+The search goes level by level.  The seen set holds 64-bit fingerprints of the stored states
+(their cached ``hash``; ``fingerprints=False`` keeps the states themselves); per state the
+search keeps its parent's number and the position of its action in ``candidates(parent)``
+(12 bytes), and only the current and the next level's concrete states.  States of the last
+level (the depth bound) are judged and counted but not kept.  A step that changes nothing
+returns the very state (``model/system.py Work.commit``) and is skipped before any
+canonicalization or lookup.
+
+Paths are actions only.  The frontier holds the *concrete* states reached; the stored state
+is keyed by representative and its parent link names the concrete action applied to the
+concrete parent, so a path, rebuilt by replaying those positions from the initial state, is
 valid for the concrete model even under symmetry.  Every path is replayed through ``step``
 before it is reported; a path that does not end in its violation (or witness) is dropped and
 counted in ``unconfirmed``.
 
 Known limits: bounded by depth, states and time, so "no violation" means none within the bounds
-(``complete`` says whether a bound cut the search).  With ``workers > 1`` (or a Ray address,
-or a checkpoint folder) the search runs on Ray and gives the same states, transitions and paths;
-its bounds are checked once per level, and coverage and the graph are one-process options.
+(``complete`` says whether a bound cut the search).  Two states with one fingerprint are taken
+as one (probability about n**2 / 2**65 for n states; but Python hashes ``-1`` and ``-2``
+alike, so two states that differ only by a -1 against a -2, say in a scripted message's
+value, always collide: ``fingerprints=False`` where that can matter).
+With ``workers > 1`` (or a Ray address, or a checkpoint folder) the search runs on Ray and
+gives the same states, transitions and paths; its bounds are checked once per level, and
+coverage, the graph and sleep sets are one-process options.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections import deque
+from array import array
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from model.actions import Action, Config, Trace
 from model.state import SystemState
-from model.system import initial_state, successors
+from model.system import candidates, initial_state, step
 from model.variants import Variant
 from properties.invariants import PROPERTIES, site_of, violations
+from properties.por import Footprints, Sleep, intersect, offered
 from properties.symmetry import representative
 from properties.trace import run_trace
 
@@ -48,6 +63,13 @@ class ExploreOptions:
     resume: bool = False  # continue from the checkpoint folder's last level
     coverage: bool = False  # record seed coverage (slow; one process)
     graph: bool = False  # keep the explored graph as a networkx.DiGraph (one process)
+    # The seen set holds 64-bit fingerprints (``hash`` of the stored state) instead of states:
+    # a state whose fingerprint equals a seen one's is taken as seen (probability of any such
+    # collision about n**2 / 2**65 for n states; -1 and -2 hash alike: see the module's
+    # limits).  False: exact, whole states kept.
+    fingerprints: bool = True
+    # Sleep sets (properties/por.py): the same states and findings, fewer ``step`` calls.
+    por: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +90,7 @@ class ExploreResult:
     found: dict[tuple[str, str], Finding] = field(default_factory=dict)
     witnesses: dict[str, tuple[Action, ...]] = field(default_factory=dict)
     unconfirmed: int = 0  # paths dropped because their replay did not confirm them
+    slept: int = 0  # candidate actions not stepped because they were asleep (por)
     coverage: Any = None  # properties.coverage.Coverage when requested
     graph: Any = None  # networkx.DiGraph when requested: node ids, attrs state/depth/action
     levels: list[Any] = field(default_factory=list)  # distributed: per-level costs (Level)
@@ -80,6 +103,7 @@ class ExploreResult:
 Key = Hashable
 Parents = dict[Key, tuple[Key, Action] | None]
 SOMETIMES = tuple(p for p in PROPERTIES if p.witness is not None)
+NO_PARENT = -1
 
 
 def rebuild_path(parents: Parents, key: Key) -> tuple[Action, ...]:
@@ -93,34 +117,70 @@ def rebuild_path(parents: Parents, key: Key) -> tuple[Action, ...]:
     return tuple(reversed(actions))
 
 
+def fingerprint(key: Key) -> int:
+    """A stored state's 64-bit fingerprint: its hash, cached on its records."""
+    return hash(key)
+
+
 def _witnessed(obs: list[dict[str, Any]]) -> list[str]:
+    if not obs:
+        return []
     return [p.name for p in SOMETIMES if p.witness is not None and p.witness(obs)]
 
 
 class _Search:
-    """The bookkeeping shared by the one-process and the two-process loops."""
+    """The bookkeeping shared by the one-process and the two-process loops.
+
+    The one-process loop numbers the states it stores (``serial``, in the order found) and
+    keeps, per state, its parent's number and the position of the action in
+    ``candidates(parent)``: two arrays, 12 bytes per state.  A path is rebuilt by replaying
+    those positions from the initial state, which reproduces the very concrete states the
+    search expanded (``step`` is deterministic)."""
 
     def __init__(self, config: Config, variant: Variant, options: ExploreOptions) -> None:
         self.config, self.variant, self.options = config, variant, options
         self.result = ExploreResult()
-        self.parents: Parents = {}
+        self.parent = array("q")  # serial -> the parent's serial (NO_PARENT for the root)
+        self.via = array("I")  # serial -> position of the action in candidates(parent)
         self.started = time.perf_counter()
+
+    def add(self, parent: int, position: int) -> int:
+        """Store a new state reached from ``parent`` by its ``position``-th candidate."""
+        self.parent.append(parent)
+        self.via.append(position)
+        return len(self.parent) - 1
+
+    def path(self, serial: int) -> tuple[Action, ...]:
+        """The actions from the initial state to state ``serial``."""
+        positions: list[int] = []
+        while self.parent[serial] != NO_PARENT:
+            positions.append(self.via[serial])
+            serial = self.parent[serial]
+        state = initial_state(self.config, self.variant)
+        actions: list[Action] = []
+        for position in reversed(positions):
+            action = next(itertools.islice(candidates(state), position, None))
+            stepped = step(state, action)
+            assert stepped is not None, "a stored path no longer replays"
+            state = stepped[0]
+            actions.append(action)
+        return tuple(actions)
 
     def out_of_budget(self) -> bool:
         return self.result.states >= self.options.max_states or (
             time.perf_counter() - self.started > self.options.time_limit
         )
 
-    def judge(self, key: Key, found: list[tuple[str, str]]) -> None:
+    def judge(self, serial: int, found: list[tuple[str, str]]) -> None:
         for name, message in found:
             site = (name, site_of(message))
             if site not in self.result.found:
-                self.result.found[site] = Finding(name, message, rebuild_path(self.parents, key))
+                self.result.found[site] = Finding(name, message, self.path(serial))
 
-    def witness(self, key: Key, action: Action, names: list[str]) -> None:
+    def witness(self, serial: int, action: Action, names: list[str]) -> None:
         for name in names:
             if name not in self.result.witnesses:
-                self.result.witnesses[name] = (*rebuild_path(self.parents, key), action)
+                self.result.witnesses[name] = (*self.path(serial), action)
 
     def finish(self) -> ExploreResult:
         """Replay every path through ``step``; keep only those that end as reported."""
@@ -143,6 +203,11 @@ class _Search:
         return result
 
 
+def compiled() -> bool:
+    """Whether ``model.system`` runs compiled by mypyc (``scripts/build-mypyc.sh``)."""
+    return not hasattr(step, "__code__")
+
+
 def explore(
     config: Config,
     variant: Variant,
@@ -150,6 +215,11 @@ def explore(
     progress: Callable[[ExploreResult, int], None] | None = None,
 ) -> ExploreResult:
     """Breadth-first search from the initial state of ``config`` under ``variant``."""
+    if options.por and (options.graph or options.workers > 1 or options.ray
+                        or options.checkpoint):
+        raise ValueError("por is a one-process option without graph (properties/por.py)")
+    if options.coverage and compiled():
+        raise ValueError("coverage traces the interpreted model: run without the mypyc build")
     if options.coverage or options.graph:
         options = replace(options, workers=1, ray=None, checkpoint=None)
     if options.workers > 1 or options.ray or options.checkpoint:
@@ -170,12 +240,19 @@ def _explore_one(
     config: Config, variant: Variant, options: ExploreOptions,
     progress: Callable[[ExploreResult, int], None] | None, enabled_names: set[str] | None,
 ) -> _Search:
+    """Level by level: ``frontier`` holds the concrete states of one depth with their serials
+    and sleep sets.  The seen set holds fingerprints (or, with ``fingerprints=False``, the
+    states themselves)."""
     search = _Search(config, variant, options)
-    result, parents = search.result, search.parents
+    result = search.result
     canon = representative if options.symmetry else None
+    exact = not options.fingerprints
     init = initial_state(config, variant)
     key0 = canon(init) if canon else init
-    parents[key0] = None
+    seen: set[Key] = {key0 if exact else fingerprint(key0)}
+    root = search.add(NO_PARENT, 0)
+    footprints = Footprints(len(init.endpoints)) if options.por else None
+    reads = changed = 0
     graph: Any = None
     ids: dict[Key, int] = {key0: 0}
     if options.graph:
@@ -183,38 +260,96 @@ def _explore_one(
 
         graph = result.graph = nx.DiGraph()
         graph.add_node(0, state=init, depth=0)
-    queue: deque[tuple[SystemState, Key, int]] = deque([(init, key0, 0)])
     result.states = 1
-    search.judge(key0, violations(init))
-    while queue:
-        state, key, depth = queue.popleft()
-        result.depth = max(result.depth, depth)
+    search.judge(root, violations(init))
+    frontier: list[tuple[SystemState, int, Sleep]] = [(init, root, {})]
+    depth = 0
+    while frontier:
+        result.depth = depth
         if depth >= options.max_depth:
             result.complete = False
-            continue
-        if progress is not None and result.states % 2048 == 0:
-            progress(result, len(queue))
-        for action, nxt, obs in successors(state):
-            result.transitions += 1
-            if enabled_names is not None:
-                enabled_names.add(action.name)
-            names = _witnessed(obs)
-            if names:
-                search.witness(key, action, names)
-            nkey = canon(nxt) if canon else nxt
-            new = nkey not in parents
-            if graph is not None:
-                if new:
-                    ids[nkey] = len(ids)
-                    graph.add_node(ids[nkey], state=nxt, depth=depth + 1)
-                graph.add_edge(ids[key], ids[nkey], action=action)
-            if not new:
-                continue
-            parents[nkey] = (key, action)
-            result.states += 1
-            search.judge(nkey, violations(nxt))
-            queue.append((nxt, nkey, depth + 1))
-        if search.out_of_budget():
-            result.complete = False
             break
+        following: list[tuple[SystemState, int, Sleep]] = []
+        pending: dict[Key, int] = {}  # por: where in ``following`` a state of this level is
+        # The states of the last level are judged and counted, never expanded: not kept.
+        last = depth + 1 >= options.max_depth
+        beyond = 0
+        sleeping = None if last else footprints
+        for done, (state, serial, asleep) in enumerate(frontier):
+            if progress is not None and result.states % 2048 == 0:
+                progress(result, len(frontier) - done + len(following))
+            key = (canon(state) if canon else state) if graph is not None else None
+            stepped_here: list[tuple[Action, int, int]] = []
+            reads_here: dict[int, tuple[int, int]] = {}
+            for position, action in enumerate(candidates(state)):
+                if asleep and action in asleep:
+                    result.slept += 1
+                    continue
+                stepped = step(state, action)
+                if stepped is None:
+                    continue
+                nxt, obs = stepped
+                result.transitions += 1
+                if enabled_names is not None:
+                    enabled_names.add(action.name)
+                if obs:
+                    names = _witnessed(obs)
+                    if names:
+                        search.witness(serial, action, names)
+                if sleeping is not None:
+                    reads, changed = sleeping.of(state, action, nxt, reads_here)
+                if nxt is state:  # a step that changed nothing: a self-loop, already seen
+                    if graph is not None:
+                        graph.add_edge(ids[key], ids[key], action=action)
+                    if sleeping is not None:
+                        stepped_here.append((action, reads, changed))
+                    continue
+                nkey = canon(nxt) if canon else nxt
+                mark = nkey if exact else fingerprint(nkey)
+                new = mark not in seen
+                if graph is not None:
+                    if new:
+                        ids[nkey] = len(ids)
+                        graph.add_node(ids[nkey], state=nxt, depth=depth + 1)
+                    graph.add_edge(ids[key], ids[nkey], action=action)
+                offer: Sleep = {}
+                if sleeping is not None:
+                    offer = offered(asleep, stepped_here, reads, changed)
+                    stepped_here.append((action, reads, changed))
+                    if not new:
+                        _meet(following, pending.get(mark), nxt, offer)
+                if not new:
+                    continue
+                seen.add(mark)
+                nserial = search.add(serial, position)
+                result.states += 1
+                search.judge(nserial, violations(nxt))
+                if last:
+                    beyond += 1
+                    continue
+                if sleeping is not None:
+                    pending[mark] = len(following)
+                following.append((nxt, nserial, offer))
+            if search.out_of_budget():
+                result.complete = False
+                return search
+        if last:
+            if beyond:
+                result.depth = depth + 1
+                result.complete = False
+            break
+        frontier = following
+        depth += 1
     return search
+
+
+def _meet(following: list[tuple[SystemState, int, Sleep]], index: int | None,
+          reached: SystemState, offer: Sleep) -> None:
+    """Another in-edge from this level reached a state of the next level: keep only the
+    actions asleep on both (none if it reached another concrete state of the orbit)."""
+    if index is None:
+        return  # a state of this level or an earlier one: a longer path, not offered
+    state, serial, kept = following[index]
+    if reached is not state and reached != state:
+        offer = {}
+    following[index] = (state, serial, intersect(kept, offer))

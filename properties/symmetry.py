@@ -42,8 +42,9 @@ before it is reported (``properties/explore.py``).
 The order is canonical: endpoints of one role are sorted by a key computed from their own
 parts (endpoint record, channel, place in the server's peer list, the descriptors they own);
 two endpoints with equal parts are interchangeable and their order does not matter.  The key
-uses Python's ``hash`` (cached on the frozen records), which is stable within a process and
-its forked children; a rare hash tie between unequal parts is broken by ``repr``.
+holds the record's Python ``hash`` (cached on the frozen record, stable within a process and
+its forked children) and the other parts themselves; a rare hash tie between unequal records
+with equal other parts is broken by ``repr``.
 
 Descriptor and object renumbering: not done.  Descriptor numbers appear in fault texts
 (``close of already closed descriptor 3``) and the model reuses the lowest free slot, so a
@@ -54,12 +55,14 @@ not been measured yet.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
-from dataclasses import replace
+import operator
+from collections.abc import Callable
 from typing import Any
 
-from model.state import IN_FLIGHT, Fd, SystemState
+from model.state import IN_FLIGHT, Fd, Server, ServerPeer, SystemState
 
 
 def endpoint_classes(state: SystemState) -> tuple[tuple[int, ...], ...]:
@@ -73,69 +76,86 @@ def _classes(n: int, clients: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     return tuple(c for c in (qemus, clients) if len(c) > 1)
 
 
-def _parts(state: SystemState, owned: list[list[tuple[int, int, bool]]], e: int) -> tuple[Any, ...]:
-    slot = next(
-        ((i, p.id, p.eventfds) for i, p in enumerate(state.server.peers) if p.endpoint == e),
-        None,
-    )
-    return (state.endpoints[e], state.channels[e], slot, tuple(owned[e]))
-
-
-def _key(parts: tuple[Any, ...]) -> tuple[int, ...]:
-    return tuple(hash(p) for p in parts)
-
-
 def canonical_order(state: SystemState) -> list[int]:
     """``order[i]`` is the old index of the endpoint that goes to index ``i``."""
-    order = list(range(len(state.endpoints)))
+    endpoints = state.endpoints
+    order = list(range(len(endpoints)))
     classes = endpoint_classes(state)
     if not classes:
         return order
-    owned: list[list[tuple[int, int, bool]]] = [[] for _ in state.endpoints]
+    owned: list[list[tuple[int, int, bool]]] = [[] for _ in endpoints]
     for d, entry in enumerate(state.fds):
         if entry is not None and entry.owner != IN_FLIGHT:
             owned[entry.owner].append((d, entry.obj, entry.open))
+    slots: dict[int, tuple[int, int, tuple[int, ...]] | tuple[()]] = {}
+    for i, p in enumerate(state.server.peers):
+        slots.setdefault(p.endpoint, (i, p.id, p.eventfds))
+    channels = state.channels
     for members in classes:
-        parts = {e: _parts(state, owned, e) for e in members}
-        keys = {e: _key(parts[e]) for e in members}
-        ranked = sorted(members, key=lambda e: keys[e])
+        # An endpoint's key: its record's hash (cached), its channel, its place in the server's
+        # peer list, the descriptors it owns; compared as tuples, hashed only for the record.
+        keys = {e: (hash(endpoints[e]), channels[e], slots.get(e, ()), owned[e])
+                for e in members}
+        ranked = sorted(members, key=keys.__getitem__)
         for a, b in itertools.pairwise(ranked):
-            if keys[a] == keys[b] and parts[a] != parts[b]:
-                ranked = sorted(members, key=lambda e: (keys[e], repr(parts[e])))
+            if keys[a] == keys[b] and endpoints[a] != endpoints[b]:
+                ranked = sorted(members, key=lambda e: (keys[e], repr(endpoints[e])))
                 break
         for slot, e in zip(members, ranked, strict=True):
             order[slot] = e
     return order
 
 
+def _builder(cls: type[Any], *changed: str) -> Callable[..., Any]:
+    """``build(record, *values)``: a new ``cls`` record with ``values`` for the fields
+    ``changed`` and every other field copied from ``record`` (one C-level getter, no
+    ``dataclasses.replace``; a field added to ``cls`` later is copied too)."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    get = operator.attrgetter(*names)
+    where = [names.index(name) for name in changed]
+
+    def build(record: Any, *values: Any) -> Any:
+        args = list(get(record))
+        for i, value in zip(where, values, strict=True):
+            args[i] = value
+        return cls(*args)
+
+    return build
+
+
+_fd_owned_by = _builder(Fd, "owner")
+_peer_of = _builder(ServerPeer, "endpoint")
+_server_with = _builder(Server, "peers")
+_state_with = _builder(SystemState, "server", "endpoints", "channels", "fds")
+
+
 def permute(state: SystemState, order: list[int]) -> SystemState:
-    """The state with endpoint ``order[i]`` moved to index ``i``."""
+    """The state with endpoint ``order[i]`` moved to index ``i`` (records built directly: the
+    fields every record keeps are passed on, only owners and endpoint indices change)."""
     new_index = [0] * len(order)
     for i, old in enumerate(order):
         new_index[old] = i
     fds = tuple(
-        entry if entry is None or entry.owner == IN_FLIGHT
-        else Fd(entry.obj, new_index[entry.owner], entry.open)
+        entry if entry is None or entry.owner == IN_FLIGHT or new_index[entry.owner] ==
+        entry.owner else _fd_owned_by(entry, new_index[entry.owner])
         for entry in state.fds
     )
     server = state.server
     if server.peers:
-        server = replace(
-            server, peers=tuple(replace(p, endpoint=new_index[p.endpoint]) for p in server.peers)
-        )
-    return replace(
-        state,
-        server=server,
-        endpoints=tuple(state.endpoints[old] for old in order),
-        channels=tuple(state.channels[old] for old in order),
-        fds=fds,
-    )
+        server = _server_with(server, tuple(
+            _peer_of(p, new_index[p.endpoint]) for p in server.peers))
+    endpoints, channels = state.endpoints, state.channels
+    permuted: SystemState = _state_with(
+        state, server, tuple(endpoints[old] for old in order),
+        tuple(channels[old] for old in order), fds)
+    return permuted
 
 
 def representative(state: SystemState) -> SystemState:
     """The canonical member of ``state``'s orbit under permutations of interchangeable
     endpoints (the state itself when it already is canonical)."""
     order = canonical_order(state)
-    if all(i == old for i, old in enumerate(order)):
-        return state
-    return permute(state, order)
+    for i, old in enumerate(order):
+        if i != old:
+            return permute(state, order)
+    return state

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from helpers import contrib, doorbell, play
 
@@ -55,4 +57,14 @@ def test_permute_swaps_endpoints_channels_owners_and_server_peers() -> None:
     owners = {f.owner for f in state.fds if f is not None and f.owner >= 0}
     swapped_owners = {f.owner for f in swapped.fds if f is not None and f.owner >= 0}
     assert swapped_owners == {1 - o for o in owners}
+    assert permute(swapped, [1, 0]) == state
+
+
+def test_permute_keeps_every_field_it_does_not_renumber() -> None:
+    state = play(contrib(endpoints=2), Connect(0), doorbell(0))
+    state = dataclasses.replace(state, server=dataclasses.replace(state.server, failure="gone"))
+    swapped = permute(state, [1, 0])
+    assert swapped.server.failure == "gone"
+    assert (swapped.objects, swapped.config, swapped.variant) == (
+        state.objects, state.config, state.variant)
     assert permute(swapped, [1, 0]) == state
