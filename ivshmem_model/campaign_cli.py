@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ivshmem_model.graph_cli import variant_help
 from model.actions import Action, Config, TraceError
 from model.variants import VARIANTS, variant_option
-from properties.explore_cli import variant_help
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 

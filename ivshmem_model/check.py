@@ -218,8 +218,8 @@ PROVE_DEPTH = 3
 
 
 def prove_job(variants: list[str], out: str) -> list[dict[str, Any]]:
-    """``properties.prove_cli.prove_all`` for the symbolic variants among ``variants``."""
-    from properties.prove_cli import DEFAULT_VARIANTS, prove_all
+    """``ivshmem_model.prove_cli.prove_all`` for the symbolic variants among ``variants``."""
+    from ivshmem_model.prove_cli import DEFAULT_VARIANTS, prove_all
 
     chosen = [v for v in variants if v in DEFAULT_VARIANTS]
     return prove_all(chosen, PROVE_DEPTH, Path(out)) if chosen else []

@@ -21,15 +21,15 @@ from ivshmem_model.conform_cli import add_backend_options, replay_on_qemu, run_o
 from ivshmem_model.conform_cli import add_subcommands as add_conform_subcommands
 from ivshmem_model.corpus_cli import add_subcommands as add_corpus_subcommands
 from ivshmem_model.dossier_cli import add_subcommands as add_dossier_subcommands
+from ivshmem_model.executor_cli import add_subcommands as add_executor_subcommands
+from ivshmem_model.graph_cli import add_subcommands as add_graph_subcommands
+from ivshmem_model.graph_cli import variant_help
+from ivshmem_model.prove_cli import add_subcommands as add_prove_subcommands
 from model.actions import Action, Deliver, TraceError, load_counterexample, load_trace
-from model.executor.cli import add_subcommands as add_executor_subcommands
 from model.state import SystemState
 from model.variants import VARIANTS, variant_option
 from properties.corpus import update_expectations
-from properties.explore_cli import add_subcommands as add_graph_subcommands
-from properties.explore_cli import variant_help
 from properties.progress import Progress
-from properties.prove_cli import add_subcommands as add_prove_subcommands
 from properties.trace import as_program, queued_messages, replay, run_trace
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from ivshmem_model.cli import main as executor_main
+from ivshmem_model.executor_cli import OptionError, parse_size, parse_uint
 from model.executor import wire
-from model.executor.__main__ import main as executor_main
-from model.executor.cli import OptionError, parse_size, parse_uint
 from model.executor.client import Client, ClientError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ class Running:
 
 
 def executor_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "model.executor", *args]
+    return [sys.executable, "-m", "ivshmem_model", *args]
 
 
 def child_env() -> dict[str, str]:

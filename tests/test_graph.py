@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from helpers import contrib, doorbell, scripted
 
+from ivshmem_model import graph_cli
 from model.actions import Action, Connect, MmioRead, ServerExit, Trace, load_counterexample
 from model.variants import SEED
-from properties import explore_cli
 from properties.explore import ExploreOptions, explore
 from properties.graph import counterexample_graph, render, state_graph, to_dot
 
@@ -22,7 +22,7 @@ CORPUS = Path(__file__).resolve().parent.parent / "counterexamples"
 
 def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    explore_cli.add_subcommands(parser.add_subparsers(dest="command"))
+    graph_cli.add_subcommands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

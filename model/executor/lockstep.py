@@ -1,7 +1,7 @@
 """Lock-step conformance: a trace on the model and on real OS objects, compared step by step
 (design §8).
 
-The real side is our server (``python -m model.executor server``, a subprocess on a temporary
+The real side is our server (``python -m ivshmem_model server``, a subprocess on a temporary
 socket, so its descriptors can be counted in ``/proc/PID/fd``) or QEMU 7.2's C
 ``ivshmem-server`` (``server_program``; built by ``scripts/build-contrib.sh``), and one
 :class:`~model.executor.device.SoftwareDevice` per endpoint.  Each step runs on the model
@@ -143,7 +143,7 @@ class RealServer:
         with open(self.stdout_path, "wb") as out:
             self.proc = subprocess.Popen(
                 [program, "-v", *flags] if program else
-                [sys.executable, "-m", "model.executor", "server", *flags],
+                [sys.executable, "-m", "ivshmem_model", "server", *flags],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                 stdout=out if program else subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
