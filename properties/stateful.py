@@ -152,6 +152,9 @@ GUEST_RULES = {
 }
 
 
+HOSTILE_ACTIONS = ("abandon", "garbage")
+
+
 def _invariant_for(prop: Property) -> Any:
     @invariant()
     def check(self: Any) -> None:
@@ -196,7 +199,8 @@ def machine_for(config: Config, variant: Variant,
         "variant": variant,
     }
     for name, action_type in ACTION_TYPES.items():
-        if action_type not in OFF_MENU:
+        # abandon and garbage are on the menus of a configuration with hostile_clients
+        if action_type not in OFF_MENU or (config.hostile_clients and name in HOSTILE_ACTIONS):
             namespace[name] = _rule_for(name)
     namespace.update(FREE_RULES)
     if guest:

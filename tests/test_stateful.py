@@ -31,3 +31,21 @@ def test_fixed_holds_with_the_guest_config_space_and_shared_memory(name: str) ->
     """Configuration writes (decoding, mastering, BAR sizing) and shared-memory accesses
     change no property's verdict on the fixed variant."""
     assert run_machine(CONFIGS[name], FIXED, "quick", guest=True) is None
+
+
+def test_the_machine_draws_hostile_clients_where_the_configuration_has_them() -> None:
+    """configs/contrib-failures-clients.json puts abandon and garbage on the menus: the
+    machine has rules for them and Hypothesis finds the server shutting down (serves_on)."""
+    from pathlib import Path
+
+    from properties.configs import load_config_file
+    from properties.stateful import machine_for
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "contrib-failures-clients.json"
+    config = load_config_file(str(path)).config
+    assert config.hostile_clients
+    machine = machine_for(config, FIXED)
+    assert hasattr(machine, "abandon") and hasattr(machine, "garbage")
+    assert not hasattr(machine_for(CONFIGS["contrib-tcg"], FIXED), "abandon")
+    failure = run_machine(config, FIXED, "quick")
+    assert failure is not None and failure.property in ("serves_on", "peer_view")
