@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ivshmem_model.cli import main as cli
-from properties.corpus import load_corpus, violation_site
+from ivshmem_model.properties.corpus import load_corpus, violation_site
 
 CORPUS = Path(__file__).resolve().parent.parent / "counterexamples"
 

@@ -11,10 +11,10 @@ import argparse
 import dataclasses
 import statistics
 
-from model.variants import SEED
-from properties.configs import embedded_configs
-from properties.distributed import explore_distributed, ray_session
-from properties.explore import ExploreOptions, explore
+from ivshmem_model.model.variants import SEED
+from ivshmem_model.properties.configs import embedded_configs
+from ivshmem_model.properties.distributed import explore_distributed, ray_session
+from ivshmem_model.properties.explore import ExploreOptions, explore
 
 
 def main() -> None:

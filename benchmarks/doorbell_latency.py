@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.executor import wire
+from ivshmem_model.model.executor import wire
 
 C_SOURCE = r"""
 #define _GNU_SOURCE

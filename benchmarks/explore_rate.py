@@ -40,8 +40,8 @@ def measure(config_name: str, depth: int) -> dict[str, Any]:
     """Run in the tree on ``sys.path``: only options both trees know, plus those this tree's
     ``ExploreOptions`` has (``por``)."""
     from ivshmem_model.check import embedded_configs
-    from model.variants import SEED
-    from properties.explore import ExploreOptions, explore
+    from ivshmem_model.model.variants import SEED
+    from ivshmem_model.properties.explore import ExploreOptions, explore
 
     named = {n.name: n for n in embedded_configs()}[config_name]
     known = {f.name for f in dataclasses.fields(ExploreOptions)}
@@ -152,8 +152,8 @@ def main() -> None:
                     print(row(name, label, old, new, fast), flush=True)
             print(f"{'':14} ({time.perf_counter() - began:.0f} s)", flush=True)
     if args.coverage or args.profile:
-        from model.variants import SEED
-        from properties.explore import ExploreOptions, explore
+        from ivshmem_model.model.variants import SEED
+        from ivshmem_model.properties.explore import ExploreOptions, explore
 
         if args.coverage:
             for named in embedded_configs():

@@ -15,10 +15,10 @@ import time
 
 import z3
 
-from model.variants import FIXED, get_variant
-from properties import symbolic, symbolic_decode
-from properties import symbolic_enc as enc
-from properties.symbolic_enc import Flags
+from ivshmem_model.model.variants import FIXED, get_variant
+from ivshmem_model.properties import symbolic, symbolic_decode
+from ivshmem_model.properties import symbolic_enc as enc
+from ivshmem_model.properties.symbolic_enc import Flags
 
 
 def time_proofs() -> None:

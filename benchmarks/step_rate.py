@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from model.actions import Action
-from model.state import SystemState
-from model.system import enabled, initial_state, step
-from model.variants import SEED
-from properties.configs import embedded_configs
+from ivshmem_model.model.actions import Action
+from ivshmem_model.model.state import SystemState
+from ivshmem_model.model.system import enabled, initial_state, step
+from ivshmem_model.model.variants import SEED
+from ivshmem_model.properties.configs import embedded_configs
 
 
 def sample_states(config_index: int, limit: int = 3000) -> list[SystemState]:

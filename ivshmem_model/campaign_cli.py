@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ivshmem_model.graph_cli import variant_help
-from model.actions import Action, Config, TraceError
-from model.variants import VARIANTS, variant_option
+from ivshmem_model.model.actions import Action, Config, TraceError
+from ivshmem_model.model.variants import VARIANTS, variant_option
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
@@ -49,7 +49,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 def write_findings(found: dict[tuple[str, str, str], Found], out: str, origin: str,
                    minimize: bool = True) -> list[dict[str, Any]]:
     """Minimize each finding's shortest trace into a counterexample file in ``out``."""
-    from properties.corpus import (
+    from ivshmem_model.properties.corpus import (
         make_counterexample,
         minimize_counterexample,
         slug,
@@ -74,7 +74,7 @@ def write_findings(found: dict[tuple[str, str, str], Found], out: str, origin: s
 
 
 def _configs(args: argparse.Namespace) -> list[Any]:
-    from properties.configs import embedded_configs, load_config_file
+    from ivshmem_model.properties.configs import embedded_configs, load_config_file
 
     return [load_config_file(f) for f in args.config] if args.config else embedded_configs()
 
@@ -89,8 +89,8 @@ def _positive(value: float, flag: str) -> None:
 
 
 def cmd_swarm(args: argparse.Namespace) -> int:
-    from properties.raysession import DistributedError
-    from properties.swarm import Report, campaign, plan
+    from ivshmem_model.properties.raysession import DistributedError
+    from ivshmem_model.properties.swarm import Report, campaign, plan
 
     variants = [variant_option(v) for v in (args.variant or ["seed"])]
     for value, flag in ((args.searches, "--searches"), (args.budget, "--budget"),
@@ -145,7 +145,7 @@ def cmd_swarm(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # fuzz
 
-TARGETS_FILE = Path(__file__).resolve().parent.parent / "properties" / "fuzz_targets.py"
+TARGETS_FILE = Path(__file__).parent / "properties" / "fuzz_targets.py"
 
 
 def fuzz_command(workers: int, port: int | None) -> list[str]:
@@ -157,7 +157,7 @@ def fuzz_command(workers: int, port: int | None) -> list[str]:
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    from properties import fuzz
+    from ivshmem_model.properties import fuzz
 
     variants = args.variant or list(VARIANTS)
     for name in variants:
@@ -202,7 +202,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             if failure is None:
                 continue
             failed.add(target.name)
-            from properties.invariants import site_of
+            from ivshmem_model.properties.invariants import site_of
 
             at = time.perf_counter() - began
             site = site_of(failure.message)

@@ -19,17 +19,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Action,
     Config,
     TraceError,
     load_counterexample,
 )
-from model.variants import FIXED, VARIANTS, Variant, get_variant, variant_option
-from properties.configs import NamedConfig, embedded_configs, load_config_file
-from properties.corpus import make_counterexample, slug, write_counterexample
-from properties.explore import ExploreOptions, ExploreResult, explore
-from properties.invariants import PROPERTIES, SAFETY, site_of
+from ivshmem_model.model.variants import FIXED, VARIANTS, Variant, get_variant, variant_option
+from ivshmem_model.properties.configs import NamedConfig, embedded_configs, load_config_file
+from ivshmem_model.properties.corpus import make_counterexample, slug, write_counterexample
+from ivshmem_model.properties.explore import ExploreOptions, ExploreResult, explore
+from ivshmem_model.properties.invariants import PROPERTIES, SAFETY, site_of
 
 # ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def check_table(title: str, variants: list[Variant], cells: dict[tuple[str, str]
 def _hypothesis(config: Config, variant: Variant) -> tuple[int, Any]:
     from hypothesis import settings
 
-    from properties.stateful import run_machine
+    from ivshmem_model.properties.stateful import run_machine
 
     return settings.get_profile("check").max_examples, run_machine(config, variant, "check")
 
@@ -320,7 +320,7 @@ def run_explore(args: argparse.Namespace) -> int:
             raise TraceError("--resume needs --checkpoint DIR", "--resume")
         if args.por and (args.workers > 1 or args.ray or args.checkpoint):
             raise TraceError("--por runs in one process", "--por")
-        from properties.distributed import DistributedError
+        from ivshmem_model.properties.distributed import DistributedError
 
         try:
             result = explore(named.config, variant,

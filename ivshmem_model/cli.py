@@ -24,13 +24,13 @@ from ivshmem_model.dossier_cli import add_subcommands as add_dossier_subcommands
 from ivshmem_model.executor_cli import add_subcommands as add_executor_subcommands
 from ivshmem_model.graph_cli import add_subcommands as add_graph_subcommands
 from ivshmem_model.graph_cli import variant_help
+from ivshmem_model.model.actions import Action, Deliver, TraceError, load_counterexample, load_trace
+from ivshmem_model.model.state import SystemState
+from ivshmem_model.model.variants import VARIANTS, variant_option
+from ivshmem_model.properties.corpus import update_expectations
+from ivshmem_model.properties.progress import Progress
+from ivshmem_model.properties.trace import as_program, queued_messages, replay, run_trace
 from ivshmem_model.prove_cli import add_subcommands as add_prove_subcommands
-from model.actions import Action, Deliver, TraceError, load_counterexample, load_trace
-from model.state import SystemState
-from model.variants import VARIANTS, variant_option
-from properties.corpus import update_expectations
-from properties.progress import Progress
-from properties.trace import as_program, queued_messages, replay, run_trace
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what the shell reports for a command killed by it

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     CONFORMANCE_FORMAT,
     COUNTEREXAMPLE_FORMAT,
     TraceError,
@@ -21,9 +21,9 @@ from model.actions import (
     load_json_file,
     load_trace,
 )
-from model.executor.qemu.backend import BackendRun, QemuBackend
-from model.variants import VARIANTS
-from properties.conform import comparable, confirm, conform, violated_step
+from ivshmem_model.model.executor.qemu.backend import BackendRun, QemuBackend
+from ivshmem_model.model.variants import VARIANTS
+from ivshmem_model.properties.conform import comparable, confirm, conform, violated_step
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -176,8 +176,8 @@ def generated_campaign(args: argparse.Namespace) -> int:
     hostile server messages, guest configuration and shared-memory accesses) on both sides;
     each difference is shrunk (delta debugging, one QEMU run per probe) and written as a trace
     under ``--out`` so it can be kept as a conformance case."""
-    from properties.configs import embedded_configs
-    from properties.conform import campaign, shrink
+    from ivshmem_model.properties.configs import embedded_configs
+    from ivshmem_model.properties.conform import campaign, shrink
 
     if args.generate < 1 or args.length < 1:
         raise TraceError("--generate and --length take a whole number of at least 1",

@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from model.actions import TraceError, load_counterexample
-from properties.corpus import (
+from ivshmem_model.model.actions import TraceError, load_counterexample
+from ivshmem_model.properties.corpus import (
     counterexample_json,
     minimize_counterexample,
     readme_text,
     violation_site,
     write_readme,
 )
-from properties.history import HISTORY, corpus_entry, corpus_file, hunt
-from properties.trace import check_properties
+from ivshmem_model.properties.history import HISTORY, corpus_entry, corpus_file, hunt
+from ivshmem_model.properties.trace import check_properties
 
 EXIT_OK, EXIT_FAILED = 0, 1
 

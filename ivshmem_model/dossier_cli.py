@@ -32,8 +32,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from model.actions import TraceError
-from model.variants import FIXED
+from ivshmem_model.model.actions import TraceError
+from ivshmem_model.model.variants import FIXED
 
 EXIT_OK, EXIT_FAILED = 0, 1
 QEMUS = (("7.2", "QEMU 7.2.22"), ("10.0", "QEMU 10.0.13"))

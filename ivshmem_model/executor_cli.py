@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from model.executor.client import Client, ClientError, Log, readable
-from model.executor.server import (
+from ivshmem_model.model.executor.client import Client, ClientError, Log, readable
+from ivshmem_model.model.executor.server import (
     DEFAULT_SHM_NAME,
     DEFAULT_SHM_SIZE,
     DEFAULT_SOCKET_PATH,

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from model.actions import TraceError, load_trace
-from model.variants import VARIANTS, variant_option
-from properties.graph import (
+from ivshmem_model.model.actions import TraceError, load_trace
+from ivshmem_model.model.variants import VARIANTS, variant_option
+from ivshmem_model.properties.graph import (
     GraphvizMissingError,
     counterexample_graph,
     render,
@@ -37,7 +37,7 @@ def variant_help(default: str = "seed") -> str:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from properties.configs import embedded_configs, load_config_file
+    from ivshmem_model.properties.configs import embedded_configs, load_config_file
 
     variant = variant_option(args.variant)
     if args.depth is not None and not 0 <= args.depth <= 64:

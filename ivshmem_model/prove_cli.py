@@ -16,8 +16,8 @@ from typing import Any
 
 import z3
 
-from model.variants import get_variant, variant_option
-from properties import symbolic, symbolic_decode
+from ivshmem_model.model.variants import get_variant, variant_option
+from ivshmem_model.properties import symbolic, symbolic_decode
 
 DEFAULT_VARIANTS = ("seed", "qemu-7.2", "fixed")
 
@@ -116,7 +116,7 @@ unconfirmed     z3 found a run that step does not confirm: the encoding and the 
 
 
 def run_prove(args: argparse.Namespace) -> int:
-    from model.actions import TraceError
+    from ivshmem_model.model.actions import TraceError
 
     variants = args.variants or list(DEFAULT_VARIANTS)
     for name in variants:

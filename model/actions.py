@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
-from model.jsonfile import JsonInputError, read_json
+from ivshmem_model.model.jsonfile import JsonInputError, read_json
 
 TRACE_FORMAT = "ivshmem-trace/1"
 COUNTEREXAMPLE_FORMAT = "ivshmem-counterexample/1"
@@ -895,7 +895,7 @@ def counterexample_from_json(obj: Any) -> Counterexample:
     expect_obj = _object(obj.get("expect"), "expect")
     if not expect_obj:
         raise TraceError("expected at least one variant", "expect")
-    from model.variants import VARIANTS  # here: model.variants imports this module
+    from ivshmem_model.model.variants import VARIANTS  # here: model.variants imports this module
 
     for key in expect_obj:
         if key not in VARIANTS:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from model import msix, pci
-from model.actions import SIZED_FD_KINDS
-from model.msix import (
+from ivshmem_model.model import msix, pci
+from ivshmem_model.model.actions import SIZED_FD_KINDS
+from ivshmem_model.model.msix import (
     PCIDevice,
     msix_enabled,
     msix_get_message,
@@ -33,9 +33,9 @@ from model.msix import (
     msix_unset_vector_notifiers,
     msix_vector_use,
 )
-from model.pci import PCI_BASE_ADDRESS_MEM_PREFETCH, PCI_BASE_ADDRESS_MEM_TYPE_64
-from model.proc import Abort, Crash, Exit, Hang, Proc, WouldBlock
-from model.state import (
+from ivshmem_model.model.pci import PCI_BASE_ADDRESS_MEM_PREFETCH, PCI_BASE_ADDRESS_MEM_TYPE_64
+from ivshmem_model.model.proc import Abort, Crash, Exit, Hang, Proc, WouldBlock
+from ivshmem_model.model.state import (
     DEFAULT_MSI_VECTOR,
     DEFAULT_PEER,
     FREED,
@@ -48,7 +48,7 @@ from model.state import (
     MSIVector,
     Peer,
 )
-from model.variants import Variant
+from ivshmem_model.model.variants import Variant
 
 IVSHMEM_MAX_PEERS = 0xFFFF  # seed 42
 NULL_PEER = Peer(block=NULL)

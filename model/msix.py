@@ -14,8 +14,16 @@ import dataclasses
 import operator
 from collections.abc import Callable
 
-from model.proc import Abort, Crash, Proc
-from model.state import DEFAULT_PCI, FREED, LIVE, NULL, PCI_COMMAND_MASTER, Msix, PciConfig
+from ivshmem_model.model.proc import Abort, Crash, Proc
+from ivshmem_model.model.state import (
+    DEFAULT_PCI,
+    FREED,
+    LIVE,
+    NULL,
+    PCI_COMMAND_MASTER,
+    Msix,
+    PciConfig,
+)
 
 PCI_MSIX_FLAGS_QSIZE = 0x7FF
 

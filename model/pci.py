@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from model.state import (
+from ivshmem_model.model.state import (
     BAR0_ADDR,
     BAR1_ADDR,
     BAR2_ADDR,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from model.state import (
+from ivshmem_model.model.state import (
     IN_FLIGHT,
     ZEROED,
     Fault,
@@ -23,7 +23,7 @@ from model.state import (
     FileObject,
     Message,
 )
-from model.variants import Variant
+from ivshmem_model.model.variants import Variant
 
 
 class Abort(Exception):  # noqa: N818 - named after the C behaviour it mirrors

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from model.proc import World
-from model.state import Client, ClientPeer, FileObject, Server, ServerPeer
+from ivshmem_model.model.proc import World
+from ivshmem_model.model.state import Client, ClientPeer, FileObject, Server, ServerPeer
 
 IVSHMEM_SERVER_MAX_HUGEPAGE_SIZE = 1024 * 1024 * 1024  # S:26
 IVSHMEM_CLIENT_MAX_VECTORS = 64  # client.h:30

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from model.actions import Config
-    from model.variants import Variant
+    from ivshmem_model.model.actions import Config
+    from ivshmem_model.model.variants import Variant
 
 def _cached_hash(self: Any) -> int:
     """Hash once: states are hashed by the explorer's seen set again and again, and an

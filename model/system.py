@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from model import device as dev
-from model import pci
-from model import server as srv
-from model.actions import (
+from ivshmem_model.model import device as dev
+from ivshmem_model.model import pci
+from ivshmem_model.model import server as srv
+from ivshmem_model.model.actions import (
     SIZED_FD_KINDS,
     Abandon,
     Action,
@@ -64,8 +64,8 @@ from model.actions import (
     Unplug,
     fd_kind_size,
 )
-from model.msix import msix_pba_mmio_read, msix_table_mmio_write
-from model.proc import (
+from ivshmem_model.model.msix import msix_pba_mmio_read, msix_table_mmio_write
+from ivshmem_model.model.proc import (
     Abort,
     Crash,
     Exit,
@@ -76,7 +76,7 @@ from model.proc import (
     line_number,
     line_where,
 )
-from model.state import (
+from ivshmem_model.model.state import (
     Client,
     Device,
     Endpoint,
@@ -86,7 +86,7 @@ from model.state import (
     SystemState,
     sparse_get,
 )
-from model.variants import SEED, Variant
+from ivshmem_model.model.variants import SEED, Variant
 
 Observation = dict[str, Any]
 StepResult = tuple[SystemState, list[Observation]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from model.actions import TraceError
+from ivshmem_model.model.actions import TraceError
 
 
 def flag(commit: str, lines: str, why: str) -> Any:

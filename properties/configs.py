@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from model.actions import Config, TraceError, config_from_json, load_json_file
+from ivshmem_model.model.actions import Config, TraceError, config_from_json, load_json_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ def named_config_from_json(obj: Any, fallback_name: str) -> NamedConfig:
 
 def embedded_configs() -> list[NamedConfig]:
     """The default configurations shipped in ``ivshmem_model/configs``."""
-    folder = resources.files("ivshmem_model").joinpath("configs")
+    folder = resources.files("ivshmem_model.configs")
     out = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):

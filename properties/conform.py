@@ -27,7 +27,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     CONFIG_REGISTERS,
     CONFORMANCE_FORMAT,
     MEMORY_BACKENDS,
@@ -45,12 +45,12 @@ from model.actions import (
     ShmWrite,
     Trace,
 )
-from model.executor.qemu.backend import BackendRun, QemuBackend
-from model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR, SystemState
-from model.system import initial_state, step, successors
-from model.variants import get_variant
-from properties.minimize import ddmin
-from properties.trace import RunResult, run_trace
+from ivshmem_model.model.executor.qemu.backend import BackendRun, QemuBackend
+from ivshmem_model.model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR, SystemState
+from ivshmem_model.model.system import initial_state, step, successors
+from ivshmem_model.model.variants import get_variant
+from ivshmem_model.properties.minimize import ddmin
+from ivshmem_model.properties.trace import RunResult, run_trace
 
 Observation = dict[str, Any]
 

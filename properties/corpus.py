@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Action,
     Config,
     Counterexample,
@@ -35,10 +35,10 @@ from model.actions import (
     load_counterexample,
     load_json_file,
 )
-from model.variants import SEED, VARIANTS, Variant, get_variant
-from properties.invariants import site_of, violations
-from properties.minimize import Keep, ddmin
-from properties.trace import expectations, run_trace
+from ivshmem_model.model.variants import SEED, VARIANTS, Variant, get_variant
+from ivshmem_model.properties.invariants import site_of, violations
+from ivshmem_model.properties.minimize import Keep, ddmin
+from ivshmem_model.properties.trace import expectations, run_trace
 
 Steps = tuple[Action, ...]
 Outcome = str | None  # None: holds; otherwise the site of the first violation
@@ -299,7 +299,7 @@ def differential_search(
     then, in order of depth, the first state per (property, site) whose path from the initial
     state violates that property under ``variant`` while ``baseline`` holds it on the same
     trace.  Shortest such paths within the bounds; each replayed through ``run_trace``."""
-    from properties.explore import ExploreOptions, explore, rebuild_path
+    from ivshmem_model.properties.explore import ExploreOptions, explore, rebuild_path
 
     began = time.perf_counter()
     result = explore(config, variant, ExploreOptions(
@@ -431,15 +431,15 @@ def history_lines(corpus: list[tuple[Path, Counterexample]]) -> list[str]:
     """The README's history table (``properties.history``): per fix, the shortest corpus
     entry on which its ``before-<commit>`` variant fails while the variant with the fix holds;
     then the fixes the model cannot tell apart, with the reason."""
-    from properties.history import HISTORY
+    from ivshmem_model.properties.history import HISTORY
 
     lines = [
         "",
         "## History",
         "",
-        "Each behaviour-changing fix of the device's past (facts §6.2, §6.1) that the model "
-        "can revert, found unaided by `ivshmem-model history` (the differential explorer over "
-        "the `before-<commit>` variant against the variant with the fix).",
+        "Each behaviour-changing fix of the device's past (before and after the seed) that the "
+        "model can revert, found unaided by `ivshmem-model history` (the differential explorer "
+        "over the `before-<commit>` variant against the variant with the fix).",
         "",
         "| fix | release | what broke | property | found by | steps | entry |",
         "|---|---|---|---|---|---|---|",
@@ -505,7 +505,7 @@ def differential_hypothesis(
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
-    from model.system import initial_state, step, successors
+    from ivshmem_model.model.system import initial_state, step, successors
 
     began = time.perf_counter()
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from types import CodeType, FrameType, ModuleType
 from typing import Any
 
-from model import device, msix
-from model.actions import ACTION_TYPES
+from ivshmem_model.model import device, msix
+from ivshmem_model.model.actions import ACTION_TYPES
 
 MODULES: tuple[ModuleType, ...] = (device, msix)
 _CITE = re.compile(r"[Ss]eed ((?:\d+(?:-\d+)?)(?:,\s*\d+(?:-\d+)?)*)")

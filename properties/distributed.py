@@ -46,14 +46,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.actions import Action, Config, config_from_json
-from model.state import SystemState
-from model.system import initial_state, successors
-from model.variants import SEED, Variant
-from properties.explore import ExploreOptions, ExploreResult, Finding, Key, _Search, _witnessed
-from properties.invariants import site_of, violations
-from properties.raysession import ACTORS, HASH_SEED, DistributedError, ray_session
-from properties.symmetry import representative
+from ivshmem_model.model.actions import Action, Config, config_from_json
+from ivshmem_model.model.state import SystemState
+from ivshmem_model.model.system import initial_state, successors
+from ivshmem_model.model.variants import SEED, Variant
+from ivshmem_model.properties.explore import (
+    ExploreOptions,
+    ExploreResult,
+    Finding,
+    Key,
+    _Search,
+    _witnessed,
+)
+from ivshmem_model.properties.invariants import site_of, violations
+from ivshmem_model.properties.raysession import ACTORS, HASH_SEED, DistributedError, ray_session
+from ivshmem_model.properties.symmetry import representative
 
 __all__ = ["DistributedError", "explore_distributed", "owner", "ray_session"]
 

@@ -41,14 +41,14 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from model.actions import Action, Config, Trace
-from model.state import SystemState
-from model.system import candidates, initial_state, step
-from model.variants import Variant
-from properties.invariants import PROPERTIES, site_of, violations
-from properties.por import Footprints, Sleep, intersect, offered
-from properties.symmetry import representative
-from properties.trace import run_trace
+from ivshmem_model.model.actions import Action, Config, Trace
+from ivshmem_model.model.state import SystemState
+from ivshmem_model.model.system import candidates, initial_state, step
+from ivshmem_model.model.variants import Variant
+from ivshmem_model.properties.invariants import PROPERTIES, site_of, violations
+from ivshmem_model.properties.por import Footprints, Sleep, intersect, offered
+from ivshmem_model.properties.symmetry import representative
+from ivshmem_model.properties.trace import run_trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,11 +223,11 @@ def explore(
     if options.coverage or options.graph:
         options = replace(options, workers=1, ray=None, checkpoint=None)
     if options.workers > 1 or options.ray or options.checkpoint:
-        from properties.distributed import explore_distributed
+        from ivshmem_model.properties.distributed import explore_distributed
 
         return explore_distributed(config, variant, options, progress)
     if options.coverage:
-        from properties.coverage import Recorder
+        from ivshmem_model.properties.coverage import Recorder
 
         with Recorder() as recorder:
             search = _explore_one(config, variant, options, progress, recorder.actions)

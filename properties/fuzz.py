@@ -35,10 +35,10 @@ from hypothesis.database import (
 )
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
-from model.actions import Config
-from model.variants import VARIANTS, get_variant
-from properties.invariants import SAFETY
-from properties.stateful import Failure, last_failure, machine_for
+from ivshmem_model.model.actions import Config
+from ivshmem_model.model.variants import VARIANTS, get_variant
+from ivshmem_model.properties.invariants import SAFETY
+from ivshmem_model.properties.stateful import Failure, last_failure, machine_for
 
 DB_ENV, VARIANTS_ENV, CONFIGS_ENV, SPLIT_ENV = "IVSHMEM_FUZZ_DB", "IVSHMEM_FUZZ_VARIANTS", \
     "IVSHMEM_FUZZ_CONFIGS", "IVSHMEM_FUZZ_SPLIT"
@@ -134,7 +134,7 @@ def targets(variants: list[str] | None = None, configs: list[str] | None = None,
     environment's, else all); with ``split``, one per safety property too, checking only that
     property (HypoFuzz stops fuzzing a target at its first failure, so one target finds one
     bug).  An unknown name raises ``TraceError`` (via ``get_variant``) or ``ValueError``."""
-    from properties.configs import embedded_configs
+    from ivshmem_model.properties.configs import embedded_configs
 
     variants = variants or _names(VARIANTS_ENV) or list(VARIANTS)
     known = {named.name: named for named in embedded_configs()}

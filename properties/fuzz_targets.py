@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import settings
 from hypothesis.internal.conjecture.data import ConjectureResult
 
-from properties.fuzz import _ident, database, fuzz_settings, targets
+from ivshmem_model.properties.fuzz import _ident, database, fuzz_settings, targets
 
 # HypoFuzz 25.11.1 copies ``slice_comments`` from a shrunk result, an attribute Hypothesis
 # 6.170 no longer has (and no longer reads); without it every shrunk failure kills the worker.

@@ -23,12 +23,12 @@ from typing import Any
 
 import networkx as nx
 
-from model.actions import Action, Config
-from model.state import SystemState
-from model.system import initial_state, step, successors
-from model.variants import Variant
-from properties.explore import ExploreOptions, explore
-from properties.invariants import violations
+from ivshmem_model.model.actions import Action, Config
+from ivshmem_model.model.state import SystemState
+from ivshmem_model.model.system import initial_state, step, successors
+from ivshmem_model.model.variants import Variant
+from ivshmem_model.properties.explore import ExploreOptions, explore
+from ivshmem_model.properties.invariants import violations
 
 FATE_COLORS = {"aborted": "red", "crashed": "darkred", "failed": "orange", "hung": "purple"}
 _FATE_RANK = ("failed", "hung", "aborted", "crashed")
@@ -90,7 +90,7 @@ def state_facts(state: SystemState) -> dict[str, str]:
 
 
 def _queue(state: SystemState, e: int) -> str:
-    from properties.trace import queued_messages
+    from ivshmem_model.properties.trace import queued_messages
 
     items = [str(m["value"]) + (f" {m['fd']}" if m["fd"] else "")
              for m in queued_messages(state, e)]

@@ -21,10 +21,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.actions import Config, Counterexample, HostConfig, ServerConfig, Trace
-from model.variants import get_variant
-from properties.corpus import DiffFinding, differential_search, minimize_counterexample
-from properties.trace import expectations
+from ivshmem_model.model.actions import Config, Counterexample, HostConfig, ServerConfig, Trace
+from ivshmem_model.model.variants import get_variant
+from ivshmem_model.properties.corpus import (
+    DiffFinding,
+    differential_search,
+    minimize_counterexample,
+)
+from ivshmem_model.properties.trace import expectations
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +44,7 @@ class Search:
     def resolve(self) -> Config:
         if isinstance(self.config, Config):
             return self.config
-        from properties.configs import embedded_configs
+        from ivshmem_model.properties.configs import embedded_configs
 
         return next(named.config for named in embedded_configs() if named.name == self.config)
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from model.state import IN_FLIGHT, IVSHMEM_MSI, Endpoint, SystemState
-from model.system import referenced_descriptors
+from ivshmem_model.model.state import IN_FLIGHT, IVSHMEM_MSI, Endpoint, SystemState
+from ivshmem_model.model.system import referenced_descriptors
 
 Observation = dict[str, Any]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from model.actions import Action, Config, Trace
-from model.variants import Variant
-from properties.trace import run_trace
+from ivshmem_model.model.actions import Action, Config, Trace
+from ivshmem_model.model.variants import Variant
+from ivshmem_model.properties.trace import run_trace
 
 Keep = Callable[[Config, tuple[Action, ...]], bool]
 

@@ -114,7 +114,7 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Action,
     Connect,
     Deliver,
@@ -124,8 +124,8 @@ from model.actions import (
     ServerSend,
     Unplug,
 )
-from model.state import Endpoint, SystemState
-from model.system import endpoint_descriptors
+from ivshmem_model.model.state import Endpoint, SystemState
+from ivshmem_model.model.system import endpoint_descriptors
 
 # Actions that act for the server or for every process (broadcasts to every channel, closes
 # every descriptor of a process, or runs the garbage collector whatever happens).

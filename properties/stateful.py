@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     ACTION_TYPES,
     CONFIG_REGISTERS,
     Action,
@@ -39,9 +39,9 @@ from model.actions import (
     ShmRead,
     ShmWrite,
 )
-from model.system import OFF_MENU, initial_state, step, successors
-from model.variants import Variant
-from properties.invariants import SAFETY, Property
+from ivshmem_model.model.system import OFF_MENU, initial_state, step, successors
+from ivshmem_model.model.variants import Variant
+from ivshmem_model.properties.invariants import SAFETY, Property
 
 settings.register_profile(
     "quick",
@@ -223,7 +223,7 @@ def run_machine(config: Config, variant: Variant, profile: str = "quick",
     """Run the machine under a settings profile; the failure found, minimized, or ``None``."""
     from hypothesis.stateful import run_state_machine_as_test
 
-    from properties.minimize import minimize
+    from ivshmem_model.properties.minimize import minimize
 
     machine = machine_for(config, variant, guest)
     try:

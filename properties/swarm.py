@@ -29,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.actions import Action, Config
-from model.state import SystemState
-from model.system import initial_state, successors
-from model.variants import Variant
-from properties.invariants import site_of, violations
+from ivshmem_model.model.actions import Action, Config
+from ivshmem_model.model.state import SystemState
+from ivshmem_model.model.system import initial_state, successors
+from ivshmem_model.model.variants import Variant
+from ivshmem_model.properties.invariants import site_of, violations
 
 KINDS = ("walk", "dfs", "hypothesis")
 Site = tuple[str, str]
@@ -146,7 +146,7 @@ def _hypothesis(search: Search, report: Report, began: float) -> None:
     from hypothesis import seed as seeded
     from hypothesis.stateful import run_state_machine_as_test
 
-    from properties.stateful import last_failure, machine_for
+    from ivshmem_model.properties.stateful import last_failure, machine_for
 
     rng = random.Random(search.seed)
     machine = machine_for(search.config, search.variant, guest=rng.random() < 0.5)
@@ -169,7 +169,7 @@ def campaign(searches: list[Search], workers: int, address: str | None, seconds:
              on_report: Callable[[Report, float], None]) -> int:
     """Run ``searches`` as Ray tasks, ``workers`` at a time, starting none after ``seconds``;
     ``on_report(report, campaign_start)`` as each ends.  Returns the number run."""
-    from properties.raysession import ray_session
+    from ivshmem_model.properties.raysession import ray_session
 
     with ray_session(address, workers) as ray:
         task = ray.remote(num_cpus=1)(run_search)

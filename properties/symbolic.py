@@ -33,7 +33,7 @@ from pathlib import Path
 
 import z3
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Action,
     Config,
     Connect,
@@ -52,10 +52,10 @@ from model.actions import (
     Trace,
     Unplug,
 )
-from model.state import Endpoint, Fate, SystemState, sparse_get
-from model.variants import Variant, get_variant
-from properties import symbolic_enc as enc
-from properties.symbolic_enc import Flags, Sym
+from ivshmem_model.model.state import Endpoint, Fate, SystemState, sparse_get
+from ivshmem_model.model.variants import Variant, get_variant
+from ivshmem_model.properties import symbolic_enc as enc
+from ivshmem_model.properties.symbolic_enc import Flags, Sym
 
 PROPERTIES = ("vector_bounds", "mask_balance", "route_balance")
 Encoder = Callable[[Flags, Sym, str, str, z3.ArithRef, z3.BoolRef], enc.Step]
@@ -281,8 +281,8 @@ def violated(name: str, s: Sym, mode: str) -> z3.BoolRef:
 def bmc(name: str, variant: Variant, depth: int = 8, out_dir: Path | None = None,
         timeout_ms: int = 60_000, mode: str = "any") -> Outcome:
     """The shortest violation within ``depth`` steps, replayed through ``step`` to confirm."""
-    from properties.corpus import make_counterexample, write_counterexample
-    from properties.trace import run_trace
+    from ivshmem_model.properties.corpus import make_counterexample, write_counterexample
+    from ivshmem_model.properties.trace import run_trace
 
     started = time.perf_counter()
     fl = Flags.of(variant)

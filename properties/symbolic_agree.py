@@ -12,12 +12,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from model.actions import Action
-from model.state import SystemState
-from model.system import initial_state, step
-from model.variants import Variant
-from properties import symbolic_enc as enc
-from properties.symbolic import (
+from ivshmem_model.model.actions import Action
+from ivshmem_model.model.state import SystemState
+from ivshmem_model.model.system import initial_state, step
+from ivshmem_model.model.variants import Variant
+from ivshmem_model.properties import symbolic_enc as enc
+from ivshmem_model.properties.symbolic import (
     Encoder,
     agree_one,
     concrete_actions,
@@ -26,7 +26,7 @@ from properties.symbolic import (
     fate_code,
     init_actions,
 )
-from properties.symbolic_enc import Flags
+from ivshmem_model.properties.symbolic_enc import Flags
 
 
 @dataclass

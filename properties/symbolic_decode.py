@@ -18,10 +18,10 @@ from unittest import mock
 
 import z3
 
-from model import device as dev
-from model.proc import Proc, World
-from model.state import LIVE, Device, Peer
-from model.variants import SEED
+from ivshmem_model.model import device as dev
+from ivshmem_model.model.proc import Proc, World
+from ivshmem_model.model.state import LIVE, Device, Peer
+from ivshmem_model.model.variants import SEED
 
 NONE, MASK, STATUS, DOORBELL = 0, 1, 2, 3
 INVALID, SHM, CONNECT, DISCONNECT = 0, 1, 2, 3

@@ -26,7 +26,7 @@ from typing import TypeAlias
 
 import z3
 
-from model.variants import Variant
+from ivshmem_model.model.variants import Variant
 
 # Fates, one code per property a fate violates.
 OK = 0

@@ -62,7 +62,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from model.state import IN_FLIGHT, Fd, Server, ServerPeer, SystemState
+from ivshmem_model.model.state import IN_FLIGHT, Fd, Server, ServerPeer, SystemState
 
 
 def endpoint_classes(state: SystemState) -> tuple[tuple[int, ...], ...]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Action,
     Config,
     Counterexample,
@@ -24,11 +24,11 @@ from model.actions import (
     TraceError,
     shown_value,
 )
-from model.state import SystemState
-from model.system import initial_state, step
-from model.variants import Variant, get_variant
-from properties.invariants import SAFETY, violations
-from properties.progress import EVERY_STEPS, Progress
+from ivshmem_model.model.state import SystemState
+from ivshmem_model.model.system import initial_state, step
+from ivshmem_model.model.variants import Variant, get_variant
+from ivshmem_model.properties.invariants import SAFETY, violations
+from ivshmem_model.properties.progress import EVERY_STEPS, Progress
 
 Observation = dict[str, Any]
 
@@ -206,7 +206,7 @@ def expectations(config: Config, steps: tuple[Action, ...], prop: str) -> dict[s
     """What every registered variant does with this trace, as counterexample expectations:
     ``"holds"`` or ``{"violates": prop, "step": i}``; variants under which a step is not
     enabled are left out."""
-    from model.variants import VARIANTS
+    from ivshmem_model.model.variants import VARIANTS
 
     expect: dict[str, Any] = {}
     for name, variant in VARIANTS.items():
@@ -227,10 +227,10 @@ def as_program(config: Config, steps: list[Action] | tuple[Action, ...],
     names = sorted({type(a).__name__ for a in steps})
     config_text = pprint.pformat(config.to_json(), indent=1, width=88, sort_dicts=False)
     lines = [
-        f"from model.actions import {', '.join([*names, 'config_from_json'])}",
-        "from model.system import initial_state, step",
-        "from model.variants import get_variant",
-        "from properties.invariants import violations",
+        f"from ivshmem_model.model.actions import {', '.join([*names, 'config_from_json'])}",
+        "from ivshmem_model.model.system import initial_state, step",
+        "from ivshmem_model.model.variants import get_variant",
+        "from ivshmem_model.properties.invariants import violations",
         "",
         "config = config_from_json(" + config_text.replace("\n", "\n" + " " * 26) + ")",
         f"s = initial_state(config, get_variant({variant!r}))",

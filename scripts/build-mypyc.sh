@@ -46,29 +46,33 @@ if ! "$PYTHON" -c "import mypyc" >/dev/null 2>&1; then
     exit 0
 fi
 rm -rf "$OUT"
-mkdir -p "$OUT/src"
-cp -r "$ROOT/model" "$ROOT/properties" "$OUT/src/"
+# The sources as they are imported: ivshmem_model.model and ivshmem_model.properties.
+mkdir -p "$OUT/src/ivshmem_model"
+touch "$OUT/src/ivshmem_model/__init__.py"
+cp -r "$ROOT/model" "$ROOT/properties" "$OUT/src/ivshmem_model/"
 find "$OUT/src" -name __pycache__ -prune -exec rm -rf {} +
 # mypy's settings for the build (the project's pyproject.toml would be read by setuptools too).
 printf '[mypy]\npython_version = 3.11\n\n[mypy-networkx,networkx.*,z3,z3.*]\n%s\n' \
     'ignore_missing_imports = True' >"$OUT/src/mypy.ini"
 sources=$(digest)
-if ! (cd "$OUT/src" && "$PYTHON" -m mypyc "${MODULES[@]}") >"$OUT/build.log" 2>&1; then
+if ! (cd "$OUT/src" && "$PYTHON" -m mypyc "${MODULES[@]/#/ivshmem_model/}") >"$OUT/build.log" 2>&1; then
     echo "build-mypyc: mypyc failed (see $OUT/build.log); the interpreted modules stay in use" >&2
     rm -rf "$OUT/src"
     exit 0
 fi
 # The build folder holds the compiled modules only; each package's __path__ goes on to the
 # source tree, so every module not compiled is the repository's own, as it is now.
-for package in model properties; do
+for package in ivshmem_model ivshmem_model/model ivshmem_model/properties; do
+    source_dir=$ROOT/${package#ivshmem_model/}
+    [ "$package" = ivshmem_model ] && source_dir=$ROOT/ivshmem_model
     mkdir -p "$OUT/$package"
     printf '"""%s (scripts/build-mypyc.sh): compiled modules here, the rest in %s."""\n%s\n' \
-        "The mypyc build of $package" "$ROOT/$package" \
-        "__path__.append($("$PYTHON" -c 'import sys; print(repr(sys.argv[1]))' "$ROOT/$package"))" \
+        "The mypyc build of $package" "$source_dir" \
+        "__path__.append($("$PYTHON" -c 'import sys; print(repr(sys.argv[1]))' "$source_dir"))" \
         >"$OUT/$package/__init__.py"
 done
 for module in "${MODULES[@]}"; do
-    mv "$OUT/src/${module%.py}".cpython-*.so "$OUT/$(dirname "$module")/"
+    mv "$OUT/src/ivshmem_model/${module%.py}".cpython-*.so "$OUT/ivshmem_model/$(dirname "$module")/"
 done
 mv "$OUT"/src/*__mypyc.cpython-*.so "$OUT/"
 rm -rf "$OUT/src"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from model.actions import Action, Config, HostConfig, Realize, ServerConfig, Trace
-from model.state import SystemState
-from model.system import initial_state, step
-from model.variants import SEED, Variant
-from properties.trace import RunResult, run_trace
+from ivshmem_model.model.actions import Action, Config, HostConfig, Realize, ServerConfig, Trace
+from ivshmem_model.model.state import SystemState
+from ivshmem_model.model.system import initial_state, step
+from ivshmem_model.model.variants import SEED, Variant
+from ivshmem_model.properties.trace import RunResult, run_trace
 
 
 def doorbell(endpoint: int, vectors: int = 1, **props: object) -> Realize:
@@ -56,10 +56,10 @@ def assert_reproduces_as_recorded(path: object, version: str) -> None:
 
     import pytest
 
-    from model.actions import load_counterexample, load_json_file
-    from model.executor.qemu.backend import QemuBackend
-    from model.executor.qemu.machine import kvm_available
-    from properties.conform import confirm
+    from ivshmem_model.model.actions import load_counterexample, load_json_file
+    from ivshmem_model.model.executor.qemu.backend import QemuBackend
+    from ivshmem_model.model.executor.qemu.machine import kvm_available
+    from ivshmem_model.properties.conform import confirm
 
     recorded = load_json_file(str(path))["qemu"][version]
     cx = load_counterexample(str(path))

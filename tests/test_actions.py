@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     ACTION_TYPES,
     Connect,
     MmioWrite,
@@ -65,7 +65,8 @@ def test_every_action_of_the_vocabulary_has_an_example() -> None:
 def test_action_json_round_trip(obj: dict[str, object]) -> None:
     action = action_from_json(obj)
     assert action.to_json() == obj
-    assert eval(repr(action), vars(__import__("model.actions", fromlist=["*"]))) == action
+    namespace = vars(__import__("ivshmem_model.model.actions", fromlist=["*"]))
+    assert eval(repr(action), namespace) == action
 
 
 def test_repr_is_valid_python() -> None:

@@ -17,12 +17,12 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import run_state_machine_as_test
 
 from ivshmem_model.cli import main
-from model.actions import load_counterexample
-from model.variants import FIXED, SEED
-from properties.configs import embedded_configs
-from properties.fuzz import fuzz_settings, replay, targets
-from properties.swarm import KINDS, Search, plan, run_search
-from properties.trace import replay as replay_counterexample
+from ivshmem_model.model.actions import load_counterexample
+from ivshmem_model.model.variants import FIXED, SEED
+from ivshmem_model.properties.configs import embedded_configs
+from ivshmem_model.properties.fuzz import fuzz_settings, replay, targets
+from ivshmem_model.properties.swarm import KINDS, Search, plan, run_search
+from ivshmem_model.properties.trace import replay as replay_counterexample
 
 CONFIGS = Path(__file__).resolve().parent.parent / "ivshmem_model" / "configs"
 
@@ -59,7 +59,7 @@ def test_plan_draws_every_kind_configuration_and_variant() -> None:
 @pytest.fixture(scope="module")
 def ray() -> Iterator[Any]:
     pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[distributed]'")
-    from properties.raysession import ray_session
+    from ivshmem_model.properties.raysession import ray_session
 
     with ray_session(None, 2) as session:
         yield session
@@ -133,7 +133,7 @@ def test_fuzz_command_runs_hypofuzz_until_every_target_fails(
 
 
 def test_split_targets_check_one_property_each() -> None:
-    from properties.invariants import SAFETY
+    from ivshmem_model.properties.invariants import SAFETY
 
     split = targets(["seed"], ["contrib-tcg"], split=True)
     assert [t.name.rsplit("__", 1)[1] for t in split] == [p.name for p in SAFETY]

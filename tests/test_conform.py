@@ -17,12 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ivshmem_model.cli import main
-from model.actions import Connect, Realize, load_counterexample, load_json_file, load_trace
-from model.executor.qemu.backend import BackendRun, BackendStep, QemuBackend
-from model.executor.qemu.machine import classify_exit, kvm_available
-from model.variants import get_variant
-from properties.configs import embedded_configs
-from properties.conform import (
+from ivshmem_model.model.actions import (
+    Connect,
+    Realize,
+    load_counterexample,
+    load_json_file,
+    load_trace,
+)
+from ivshmem_model.model.executor.qemu.backend import BackendRun, BackendStep, QemuBackend
+from ivshmem_model.model.executor.qemu.machine import classify_exit, kvm_available
+from ivshmem_model.model.variants import get_variant
+from ivshmem_model.properties.configs import embedded_configs
+from ivshmem_model.properties.conform import (
     campaign,
     check_case,
     comparable,
@@ -30,7 +36,7 @@ from properties.conform import (
     conform,
     random_walk,
 )
-from properties.trace import RunResult, StepRecord, run_trace
+from ivshmem_model.properties.trace import RunResult, StepRecord, run_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "counterexamples"
@@ -118,7 +124,7 @@ def test_hotplug_failure_leaves_the_process_running_in_the_model() -> None:
 
 
 def run_trace_steps(config: object, steps: list[object]) -> RunResult:
-    from model.actions import Trace
+    from ivshmem_model.model.actions import Trace
 
     return run_trace(Trace(config, tuple(steps)), QEMU_72)  # type: ignore[arg-type]
 
@@ -139,15 +145,15 @@ def test_corpus_entry_reproduces_on_qemu_as_recorded(path: Path) -> None:
 
 def test_fd_count_shows_the_descriptor_a_failed_hotplug_keeps() -> None:
     """The model's fd_count includes a leaked descriptor (qemu-7.2), not a closed one."""
-    from model.actions import FdCount, ServerSend
-    from model.variants import get_variant
+    from ivshmem_model.model.actions import FdCount, ServerSend
+    from ivshmem_model.model.variants import get_variant
 
     path = CORPUS / "failed-hotplug-keeps-version-fd.json"
     cx = load_counterexample(str(path))
     steps = (*cx.trace.steps, FdCount(0))
     leaky = run_trace_steps(cx.trace.config, list(steps))
     assert leaky.steps[-1].observations == [{"fds": {"eventfd": 1}}]
-    from model.actions import Trace
+    from ivshmem_model.model.actions import Trace
 
     fixed = run_trace(Trace(cx.trace.config, steps), get_variant("fixed"))
     assert fixed.steps[-1].observations == [{"fds": {}}]

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Abandon,
     Action,
     Config,
@@ -29,7 +29,7 @@ from model.actions import (
     Trace,
     load_counterexample,
 )
-from model.executor.contrib import (
+from ivshmem_model.model.executor.contrib import (
     OPS,
     PROPERTIES,
     RawStep,
@@ -42,20 +42,20 @@ from model.executor.contrib import (
     socket_capacity,
     views_match_roster,
 )
-from model.executor.lockstep import run_lockstep
-from model.proc import World
-from model.server import (
+from ivshmem_model.model.executor.lockstep import run_lockstep
+from ivshmem_model.model.proc import World
+from ivshmem_model.model.server import (
     Pending,
     SocketLimits,
     contrib_start,
     handle_new_conn,
     select_round,
 )
-from model.state import Fate, Server, SystemState
-from model.system import enabled, initial_state, step
-from model.variants import VARIANTS
-from properties.invariants import BY_NAME
-from properties.trace import run_trace
+from ivshmem_model.model.state import Fate, Server, SystemState
+from ivshmem_model.model.system import enabled, initial_state, step
+from ivshmem_model.model.variants import VARIANTS
+from ivshmem_model.properties.invariants import BY_NAME
+from ivshmem_model.properties.trace import run_trace
 
 sys.path.insert(0, os.path.dirname(__file__))
 from helpers import contrib, play

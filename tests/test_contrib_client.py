@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import model.executor.contrib_client as harness
-from model.executor.contrib import RawDivergence, contrib_programs
-from model.executor.contrib_client import (
+import ivshmem_model.model.executor.contrib_client as harness
+from ivshmem_model.model.executor.contrib import RawDivergence, contrib_programs
+from ivshmem_model.model.executor.contrib_client import (
     KINDS,
     ClientModel,
     Kind,
@@ -22,7 +22,7 @@ from model.executor.contrib_client import (
     run_client_lockstep,
     setup,
 )
-from model.server import (
+from ivshmem_model.model.server import (
     client_handle_msg,
     client_own_vector_eof,
     client_read_failed,
@@ -30,7 +30,7 @@ from model.server import (
     client_vector_fd,
     command_int,
 )
-from model.state import Client, ClientPeer, FileObject
+from ivshmem_model.model.state import Client, ClientPeer, FileObject
 
 PROGRAMS = contrib_programs()
 needs_c = pytest.mark.skipif(isinstance(PROGRAMS, str), reason=str(PROGRAMS))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ivshmem_model.corpus_cli import add_subcommands
-from model.actions import MmioRead, Ring, Trace, load_counterexample
-from properties.corpus import (
+from ivshmem_model.model.actions import MmioRead, Ring, Trace, load_counterexample
+from ivshmem_model.properties.corpus import (
     duplicates,
     expectations,
     identity,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers import contrib, doorbell, observations, play, run, scripted
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Config,
     Connect,
     Deliver,
@@ -24,9 +24,9 @@ from model.actions import (
     ServerSend,
     Unplug,
 )
-from model.device import qemu_ram_alloc_from_fd_error, qemu_strtosz_MiB
-from model.state import FREED, LIVE, NULL
-from model.variants import FIXED, QEMU_7_2, SEED
+from ivshmem_model.model.device import qemu_ram_alloc_from_fd_error, qemu_strtosz_MiB
+from ivshmem_model.model.state import FREED, LIVE, NULL
+from ivshmem_model.model.variants import FIXED, QEMU_7_2, SEED
 
 SETUP = (ServerSend(0, 0), ServerSend(0, 0), ServerSend(0, -1, "shm"))
 
@@ -94,7 +94,7 @@ def test_process_msg_shmem_without_fd() -> None:
 
 
 def test_qemu_ram_alloc_from_fd_sizes_are_qemus_texts() -> None:
-    from model.variants import QEMU_7_2, QEMU_10_0
+    from ivshmem_model.model.variants import QEMU_7_2, QEMU_10_0
 
     assert qemu_ram_alloc_from_fd_error(0, 0, QEMU_7_2) == (
         "memory size 0x0 must be equal to or larger than page size 0x1000")
@@ -386,7 +386,7 @@ def test_plain_device_has_no_peers() -> None:
 
 
 def test_a_message_in_parts_is_buffered_until_its_eighth_byte() -> None:
-    from model.actions import Connect, Deliver
+    from ivshmem_model.model.actions import Connect, Deliver
 
     config = contrib(endpoints=1, vectors=2)
     setup = (Connect(0), doorbell(0, vectors=2))
@@ -403,7 +403,7 @@ def test_a_message_in_parts_is_buffered_until_its_eighth_byte() -> None:
 
 
 def test_a_part_that_would_complete_the_message_is_not_enabled() -> None:
-    from model.actions import Connect, Deliver
+    from ivshmem_model.model.actions import Connect, Deliver
 
     config = contrib(endpoints=1)
     result = run(config, Connect(0), doorbell(0), Deliver(0, 5), Deliver(0, 3))
@@ -413,7 +413,7 @@ def test_a_part_that_would_complete_the_message_is_not_enabled() -> None:
 
 
 def test_deliver_bytes_in_json() -> None:
-    from model.actions import Deliver, TraceError, action_from_json
+    from ivshmem_model.model.actions import Deliver, TraceError, action_from_json
 
     assert Deliver(0).to_json() == {"action": "deliver", "endpoint": 0}
     assert Deliver(0, 3).to_json() == {"action": "deliver", "endpoint": 0, "bytes": 3}

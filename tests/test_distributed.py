@@ -19,11 +19,11 @@ pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[distr
 from helpers import contrib
 
 from ivshmem_model.cli import main
-from model.variants import FIXED, SEED
-from properties.configs import embedded_configs
-from properties.distributed import DistributedError, owner, ray_session
-from properties.explore import ExploreOptions, ExploreResult, explore
-from properties.raysession import worker_environment
+from ivshmem_model.model.variants import FIXED, SEED
+from ivshmem_model.properties.configs import embedded_configs
+from ivshmem_model.properties.distributed import DistributedError, owner, ray_session
+from ivshmem_model.properties.explore import ExploreOptions, ExploreResult, explore
+from ivshmem_model.properties.raysession import worker_environment
 
 # Depth per configuration: deep enough for every finding the configuration shows at depth 5
 # or more, small enough for seconds (the scripted ones grow fastest).

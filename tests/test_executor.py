@@ -26,8 +26,8 @@ import pytest
 
 from ivshmem_model.cli import main as executor_main
 from ivshmem_model.executor_cli import OptionError, parse_size, parse_uint
-from model.executor import wire
-from model.executor.client import Client, ClientError
+from ivshmem_model.model.executor import wire
+from ivshmem_model.model.executor.client import Client, ClientError
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 5.0

@@ -9,12 +9,12 @@ import dataclasses
 import pytest
 from helpers import contrib, doorbell, play, scripted
 
-from model.actions import Connect, Deliver, MmioRead, MsixEnable, Trace
-from model.system import step
-from model.variants import FIXED, SEED
-from properties.explore import ExploreOptions, compiled, explore
-from properties.invariants import site_of, violations
-from properties.trace import run_trace
+from ivshmem_model.model.actions import Connect, Deliver, MmioRead, MsixEnable, Trace
+from ivshmem_model.model.system import step
+from ivshmem_model.model.variants import FIXED, SEED
+from ivshmem_model.properties.explore import ExploreOptions, compiled, explore
+from ivshmem_model.properties.invariants import site_of, violations
+from ivshmem_model.properties.trace import run_trace
 
 
 def test_explore_pins_the_state_count_of_a_small_configuration() -> None:

@@ -14,10 +14,10 @@ import pytest
 
 from ivshmem_model.cli import main
 from ivshmem_model.dossier_cli import Page, index_text, read_pages
-from model.actions import load_counterexample
-from model.executor.qemu.machine import kvm_available, qemu_installed, resolve_qemu
-from model.variants import FIXED, QEMU_7_2, Variant
-from properties.trace import run_trace
+from ivshmem_model.model.actions import load_counterexample
+from ivshmem_model.model.executor.qemu.machine import kvm_available, qemu_installed, resolve_qemu
+from ivshmem_model.model.variants import FIXED, QEMU_7_2, Variant
+from ivshmem_model.properties.trace import run_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 FINDINGS = ROOT / "docs" / "findings"

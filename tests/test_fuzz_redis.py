@@ -16,9 +16,9 @@ from hypothesis.stateful import run_state_machine_as_test
 from redis_server import free_port, redis_server
 
 from ivshmem_model.cli import main
-from model.actions import load_counterexample
-from properties.fuzz import database, fuzz_settings, reachable, replay, targets
-from properties.trace import replay as replay_counterexample
+from ivshmem_model.model.actions import load_counterexample
+from ivshmem_model.properties.fuzz import database, fuzz_settings, reachable, replay, targets
+from ivshmem_model.properties.trace import replay as replay_counterexample
 
 
 @pytest.fixture

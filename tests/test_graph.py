@@ -12,10 +12,17 @@ import pytest
 from helpers import contrib, doorbell, scripted
 
 from ivshmem_model import graph_cli
-from model.actions import Action, Connect, MmioRead, ServerExit, Trace, load_counterexample
-from model.variants import SEED
-from properties.explore import ExploreOptions, explore
-from properties.graph import counterexample_graph, render, state_graph, to_dot
+from ivshmem_model.model.actions import (
+    Action,
+    Connect,
+    MmioRead,
+    ServerExit,
+    Trace,
+    load_counterexample,
+)
+from ivshmem_model.model.variants import SEED
+from ivshmem_model.properties.explore import ExploreOptions, explore
+from ivshmem_model.properties.graph import counterexample_graph, render, state_graph, to_dot
 
 CORPUS = Path(__file__).resolve().parent.parent / "counterexamples"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import contrib, run
 
-from model.actions import Connect, MmioWrite, Realize, load_counterexample
-from model.device import Reg
-from model.variants import (
+from ivshmem_model.model.actions import Connect, MmioWrite, Realize, load_counterexample
+from ivshmem_model.model.device import Reg
+from ivshmem_model.model.variants import (
     BEFORE,
     BEFORE_COMMITS,
     BEFORE_POST_SEED,
@@ -24,7 +24,7 @@ from model.variants import (
     SEED,
     Variant,
 )
-from properties.corpus import differential_search
+from ivshmem_model.properties.corpus import differential_search
 
 CORPUS = Path(__file__).resolve().parent.parent / "counterexamples"
 FOUND = list(BEFORE_COMMITS)
@@ -120,7 +120,7 @@ def test_a_post_seed_fix_is_reverted_from_the_release_that_has_it(
 
 
 def test_every_before_variant_has_its_fix_in_the_history() -> None:
-    from properties.history import BY_COMMIT
+    from ivshmem_model.properties.history import BY_COMMIT
 
     variants = {v.name for v in (*BEFORE, *BEFORE_POST_SEED)}
     modelled = {fix.variant for fix in BY_COMMIT.values() if fix.search is not None}
@@ -131,19 +131,19 @@ def test_every_before_variant_has_its_fix_in_the_history() -> None:
 
 
 @pytest.mark.parametrize("commit", [f.commit for f in __import__(
-    "properties.history", fromlist=["HISTORY"]).HISTORY if f.search is not None])
+    "ivshmem_model.properties.history", fromlist=["HISTORY"]).HISTORY if f.search is not None])
 def test_the_differential_explorer_finds_every_modelled_fix_unaided(commit: str) -> None:
     """The search the history names finds a violation under the before-variant that the
     variant with the fix holds, and the trace replays so on both."""
-    from properties.corpus import outcome
-    from properties.history import BY_COMMIT, hunt
+    from ivshmem_model.properties.corpus import outcome
+    from ivshmem_model.properties.history import BY_COMMIT, hunt
 
     fix = BY_COMMIT[commit]
     assert fix.search is not None
     finding, _seconds = hunt(fix)
     assert finding is not None, f"{fix.variant} not found within depth {fix.search.depth}"
     config = fix.search.resolve()
-    from model.variants import get_variant
+    from ivshmem_model.model.variants import get_variant
 
     assert outcome(config, finding.path, get_variant(fix.variant), finding.property) \
         == finding.site
@@ -152,7 +152,7 @@ def test_the_differential_explorer_finds_every_modelled_fix_unaided(commit: str)
 
 
 def test_msi_off_without_msi_vectors_crashes_only_before_47213eb11047() -> None:
-    from model.actions import Deliver
+    from ivshmem_model.model.actions import Deliver
 
     config = contrib(endpoints=1)
     steps = (Connect(0), Realize(0, "ivshmem", (("chardev", True), ("msi", False))),
@@ -178,7 +178,7 @@ def test_plain_and_doorbell_without_backend(device: str) -> None:
 
 
 def test_bar2_type_bits_follow_use64_and_its_inversion() -> None:
-    from model.actions import ConfigRead
+    from ivshmem_model.model.actions import ConfigRead
 
     variant = next(v for v in BEFORE if v.name == "before-b2b79a696052")
     for device, props, want_64 in (("ivshmem-doorbell", (("chardev", True),), True),
@@ -195,7 +195,7 @@ def test_bar2_type_bits_follow_use64_and_its_inversion() -> None:
 def test_before_3a55fc0f2431_the_setup_arrives_after_realize() -> None:
     """2.5's asynchronous setup: realize reads nothing, IVPosition reads -1 until the ID
     message is delivered, and the shared memory is mapped only when its message comes."""
-    from model.actions import Deliver, MmioRead
+    from ivshmem_model.model.actions import Deliver, MmioRead
 
     variant = next(v for v in BEFORE if v.name == "before-3a55fc0f2431")
     legacy = Realize(0, "ivshmem", (("chardev", True), ("msi", False)))
@@ -214,8 +214,8 @@ def test_before_3a55fc0f2431_the_setup_arrives_after_realize() -> None:
 
 
 def test_before_3a55fc0f2431_a_wrong_version_deletes_the_chardev() -> None:
-    from model.actions import Config as TraceConfig
-    from model.actions import Deliver, HostConfig, ServerConfig, ServerSend
+    from ivshmem_model.model.actions import Config as TraceConfig
+    from ivshmem_model.model.actions import Deliver, HostConfig, ServerConfig, ServerSend
 
     variant = next(v for v in BEFORE if v.name == "before-3a55fc0f2431")
     legacy = Realize(0, "ivshmem", (("chardev", True), ("msi", False)))
@@ -229,7 +229,7 @@ def test_before_3a55fc0f2431_a_wrong_version_deletes_the_chardev() -> None:
 
 
 def test_bswap64_reverses_the_bytes_of_an_int64() -> None:
-    from model.device import bswap64
+    from ivshmem_model.model.device import bswap64
 
     assert bswap64(0) == 0 and bswap64(-1) == -1
     assert bswap64(1) == 1 << 56
@@ -241,7 +241,7 @@ def test_before_51af0ec9fa72_on_a_big_endian_host() -> None:
     On a little-endian host, or with the fix, nothing changes."""
     from dataclasses import replace
 
-    from model.actions import HostConfig
+    from ivshmem_model.model.actions import HostConfig
 
     variant = next(v for v in BEFORE if v.name == "before-51af0ec9fa72")
     little = contrib()
@@ -275,8 +275,8 @@ def test_before_a3feb08639e7_an_own_eventfd_before_the_id_is_never_watched() -> 
     """Version, then the device's own eventfd, then its ID: the seed refuses the second
     message as an ID; before the fix it was filed as peer 0's eventfd while the ID was still
     unknown, and nothing watches it once the ID says peer 0 is the device itself."""
-    from model.actions import Config as TraceConfig
-    from model.actions import HostConfig, ServerConfig, ServerSend
+    from ivshmem_model.model.actions import Config as TraceConfig
+    from ivshmem_model.model.actions import HostConfig, ServerConfig, ServerSend
 
     variant = next(v for v in BEFORE if v.name == "before-a3feb08639e7")
     config = TraceConfig(endpoints=1, server=ServerConfig(policy="scripted"),

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from test_executor import child_env, executor_cmd, fd_count
 
-from model.executor import wire
-from model.executor.client import Client, ClientError
+from ivshmem_model.model.executor import wire
+from ivshmem_model.model.executor.client import Client, ClientError
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 5.0

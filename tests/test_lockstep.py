@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import contrib, doorbell
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Action,
     ClientNotify,
     Config,
@@ -29,12 +29,16 @@ from model.actions import (
     Trace,
     load_counterexample,
 )
-from model.executor import wire
-from model.executor.device import SoftwareDevice
-from model.executor.lockstep import LockstepReport, UnsupportedTraceError, run_lockstep
-from model.state import SystemState
-from model.system import StepResult, enabled, initial_state, step
-from model.variants import VARIANTS
+from ivshmem_model.model.executor import wire
+from ivshmem_model.model.executor.device import SoftwareDevice
+from ivshmem_model.model.executor.lockstep import (
+    LockstepReport,
+    UnsupportedTraceError,
+    run_lockstep,
+)
+from ivshmem_model.model.state import SystemState
+from ivshmem_model.model.system import StepResult, enabled, initial_state, step
+from ivshmem_model.model.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,11 +19,11 @@ from rich.console import Console
 
 from ivshmem_model.check import Cell, Evidence, check_table, count, unreached_reason
 from ivshmem_model.cli import build_parser, main
-from model.actions import load_counterexample, trace_from_json
-from model.device import Reg
-from model.variants import QEMU_7_2, SEED, VARIANTS, get_variant
-from properties.invariants import PROPERTIES, SAFETY, violations
-from properties.trace import run_trace
+from ivshmem_model.model.actions import load_counterexample, trace_from_json
+from ivshmem_model.model.device import Reg
+from ivshmem_model.model.variants import QEMU_7_2, SEED, VARIANTS, get_variant
+from ivshmem_model.properties.invariants import PROPERTIES, SAFETY, violations
+from ivshmem_model.properties.trace import run_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "counterexamples"
@@ -65,7 +65,7 @@ def test_run_piped_into_a_reader_that_stops_is_quiet(tmp_path: Path) -> None:
     with subprocess.Popen([*CLI, "run", str(path), "--program"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, cwd=ROOT) as proc:
         assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline().startswith(b"from model.actions import")
+        assert proc.stdout.readline().startswith(b"from ivshmem_model.model.actions import")
         proc.stdout.close()  # what `| head -1` does
         err = proc.stderr.read().decode()
         code = proc.wait(timeout=60)
@@ -264,12 +264,17 @@ def test_pyproject_license_is_spdx_and_every_package_is_listed() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert isinstance(project["project"]["license"], str)
     listed = set(project["tool"]["setuptools"]["packages"])
+    # one namespace: model/ and properties/ install under ivshmem_model (through the links)
+    assert (ROOT / "ivshmem_model" / "model").resolve() == ROOT / "model"
+    assert (ROOT / "ivshmem_model" / "properties").resolve() == ROOT / "properties"
+    assert not {name for name in listed if not name.startswith("ivshmem_model")}
     for top in ("model", "properties", "ivshmem_model"):
         for folder in [ROOT / top, *(ROOT / top).rglob("*")]:
-            if not folder.is_dir() or folder.name == "__pycache__":
+            if not folder.is_dir() or folder.is_symlink() or folder.name == "__pycache__":
                 continue
             if any(f.is_file() for f in folder.iterdir()):
-                dotted = ".".join(folder.relative_to(ROOT).parts)
+                parts = folder.relative_to(ROOT).parts
+                dotted = ".".join(parts if top == "ivshmem_model" else ("ivshmem_model", *parts))
                 assert dotted in listed, f"{dotted} is not in [tool.setuptools] packages"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import contrib, doorbell, play, run, scripted
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Abandon,
     Config,
     Connect,
@@ -17,10 +17,10 @@ from model.actions import (
     ServerSend,
     load_counterexample,
 )
-from model.state import Peer, SystemState
-from model.variants import FIXED, SEED
-from properties.invariants import BY_NAME, PROPERTIES, SAFETY, site_of, violations
-from properties.trace import run_trace
+from ivshmem_model.model.state import Peer, SystemState
+from ivshmem_model.model.variants import FIXED, SEED
+from ivshmem_model.properties.invariants import BY_NAME, PROPERTIES, SAFETY, site_of, violations
+from ivshmem_model.properties.trace import run_trace
 
 CORPUS = Path(__file__).resolve().parent.parent / "counterexamples"
 
@@ -115,7 +115,7 @@ def test_bar2_width_fails_for_a_32_bit_doorbell_bar() -> None:
 
 
 def test_protocol_agreement_fails_when_a_device_refuses_the_contrib_setup() -> None:
-    from model.state import Fate
+    from ivshmem_model.model.state import Fate
 
     state = quiet_pair()
     endpoints = list(state.endpoints)

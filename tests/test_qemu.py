@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from model.executor import wire
-from model.executor.client import Client
-from model.executor.device import readable
-from model.executor.lockstep import RealServer
+from ivshmem_model.model.executor import wire
+from ivshmem_model.model.executor.client import Client
+from ivshmem_model.model.executor.device import readable
+from ivshmem_model.model.executor.lockstep import RealServer
 
 QEMU = "qemu-system-x86_64"
 TIMEOUT = 10.0

@@ -19,13 +19,18 @@ import pytest
 from helpers import assert_reproduces_as_recorded
 
 from ivshmem_model.conform_cli import model_variant
-from model.actions import load_json_file, load_trace
-from model.executor.qemu.backend import QemuBackend
-from model.executor.qemu.machine import kvm_available, qemu_installed, qemu_version, resolve_qemu
-from model.variants import QEMU_7_2, QEMU_10_0, get_variant
-from properties.configs import embedded_configs
-from properties.conform import campaign, check_case
-from properties.trace import run_trace
+from ivshmem_model.model.actions import load_json_file, load_trace
+from ivshmem_model.model.executor.qemu.backend import QemuBackend
+from ivshmem_model.model.executor.qemu.machine import (
+    kvm_available,
+    qemu_installed,
+    qemu_version,
+    resolve_qemu,
+)
+from ivshmem_model.model.variants import QEMU_7_2, QEMU_10_0, get_variant
+from ivshmem_model.properties.configs import embedded_configs
+from ivshmem_model.properties.conform import campaign, check_case
+from ivshmem_model.properties.trace import run_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "counterexamples"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from model.actions import load_counterexample
-from properties.trace import replay
+from ivshmem_model.model.actions import load_counterexample
+from ivshmem_model.properties.trace import replay
 
 CORPUS = sorted((Path(__file__).resolve().parent.parent / "counterexamples").glob("*.json"))
 

@@ -28,13 +28,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import properties.progress as progress_module
-import properties.stateful  # noqa: F401  (registers the quick, check and deep profiles)
+import ivshmem_model.properties.progress as progress_module
+import ivshmem_model.properties.stateful  # noqa: F401  (registers the quick, check and deep profiles)
 from ivshmem_model.cli import main
-from model.actions import ACTION_TYPES, Action, trace_from_json
-from model.jsonfile import MAX_DEPTH, MAX_FILE_BYTES, MAX_INT_DIGITS
-from properties.progress import Progress
-from properties.trace import expectations
+from ivshmem_model.model.actions import ACTION_TYPES, Action, trace_from_json
+from ivshmem_model.model.jsonfile import MAX_DEPTH, MAX_FILE_BYTES, MAX_INT_DIGITS
+from ivshmem_model.properties.progress import Progress
+from ivshmem_model.properties.trace import expectations
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = os.environ.get("IVSHMEM_TEST_PROFILE", "quick")

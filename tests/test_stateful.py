@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from model.actions import Trace
-from model.variants import FIXED, SEED
-from properties.configs import embedded_configs
-from properties.stateful import run_machine
-from properties.trace import run_trace
+from ivshmem_model.model.actions import Trace
+from ivshmem_model.model.variants import FIXED, SEED
+from ivshmem_model.properties.configs import embedded_configs
+from ivshmem_model.properties.stateful import run_machine
+from ivshmem_model.properties.trace import run_trace
 
 CONFIGS = {c.name: c.config for c in embedded_configs()}
 
@@ -38,8 +38,8 @@ def test_the_machine_draws_hostile_clients_where_the_configuration_has_them() ->
     machine has rules for them and Hypothesis finds the server shutting down (serves_on)."""
     from pathlib import Path
 
-    from properties.configs import load_config_file
-    from properties.stateful import machine_for
+    from ivshmem_model.properties.configs import load_config_file
+    from ivshmem_model.properties.stateful import machine_for
 
     path = Path(__file__).resolve().parent.parent / "configs" / "contrib-failures-clients.json"
     config = load_config_file(str(path)).config

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import z3
 
-from model.actions import load_counterexample
-from model.variants import FIXED, QEMU_7_2, SEED, Variant
-from properties import symbolic, symbolic_decode
-from properties import symbolic_enc as enc
-from properties.symbolic_agree import agreement
-from properties.symbolic_enc import Flags, Sym
-from properties.trace import replay, run_trace
+from ivshmem_model.model.actions import load_counterexample
+from ivshmem_model.model.variants import FIXED, QEMU_7_2, SEED, Variant
+from ivshmem_model.properties import symbolic, symbolic_decode
+from ivshmem_model.properties import symbolic_enc as enc
+from ivshmem_model.properties.symbolic_agree import agreement
+from ivshmem_model.properties.symbolic_enc import Flags, Sym
+from ivshmem_model.properties.trace import replay, run_trace
 
 
 @pytest.mark.parametrize("name", symbolic.PROPERTIES)

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 from helpers import contrib, doorbell, play
 
-from model.actions import Config, Connect, Deliver
-from model.variants import SEED
-from properties.explore import ExploreOptions, explore
-from properties.symmetry import permute, representative
+from ivshmem_model.model.actions import Config, Connect, Deliver
+from ivshmem_model.model.variants import SEED
+from ivshmem_model.properties.explore import ExploreOptions, explore
+from ivshmem_model.properties.symmetry import permute, representative
 
 SMALL: dict[str, tuple[Config, int]] = {
     "contrib-tcg-2": (contrib(endpoints=2), 6),

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from model.executor import wire
+from ivshmem_model.model.executor import wire
 
 MAX_VECTORS = 64  # client.h:30, IVSHMEM_CLIENT_MAX_VECTORS
 DEFAULT_TIMEOUT = 5.0  # seconds a started message may take to complete

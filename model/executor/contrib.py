@@ -40,10 +40,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from model.executor import wire
-from model.executor.lockstep import RealServer
-from model.proc import World
-from model.server import (
+from ivshmem_model.model.executor import wire
+from ivshmem_model.model.executor.lockstep import RealServer
+from ivshmem_model.model.proc import World
+from ivshmem_model.model.server import (
     Pending,
     SocketLimits,
     contrib_shm_size,

@@ -73,9 +73,9 @@ import tty
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from model.executor import wire
-from model.executor.contrib import RawDivergence, RawReport, _Diverged, _wait
-from model.server import (
+from ivshmem_model.model.executor import wire
+from ivshmem_model.model.executor.contrib import RawDivergence, RawReport, _Diverged, _wait
+from ivshmem_model.model.server import (
     CLIENT_CMSG_ROOM,
     client_broadcast_fds,
     client_descriptors,
@@ -86,7 +86,7 @@ from model.server import (
     client_vector_fd,
     command_int,
 )
-from model.state import Client, FileObject
+from ivshmem_model.model.state import Client, FileObject
 
 TIMEOUT = 1.0  # seconds a real effect may take to show
 START = 5.0  # seconds the client may take to start and connect

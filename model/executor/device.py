@@ -35,7 +35,7 @@ import stat
 import time
 from dataclasses import replace
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Action,
     Config,
     Connect,
@@ -48,11 +48,11 @@ from model.actions import (
     ServerExit,
     ServerSend,
 )
-from model.executor import wire
-from model.proc import World
-from model.state import Device, FileObject, SystemState
-from model.system import Observation, initial_state, step
-from model.variants import SEED, Variant
+from ivshmem_model.model.executor import wire
+from ivshmem_model.model.proc import World
+from ivshmem_model.model.state import Device, FileObject, SystemState
+from ivshmem_model.model.system import Observation, initial_state, step
+from ivshmem_model.model.variants import SEED, Variant
 
 DOORBELL = 12  # BAR0 offset (facts §3.2)
 DEFAULT_TIMEOUT = 2.0

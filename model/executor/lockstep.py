@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Action,
     ClientNotify,
     Connect,
@@ -53,12 +53,12 @@ from model.actions import (
     ServerSend,
     Trace,
 )
-from model.executor import wire
-from model.executor.device import SoftwareDevice, readable
-from model.server import contrib_shm_size
-from model.state import Device, SystemState
-from model.system import Observation, StepResult, initial_state, step
-from model.variants import SEED, Variant
+from ivshmem_model.model.executor import wire
+from ivshmem_model.model.executor.device import SoftwareDevice, readable
+from ivshmem_model.model.server import contrib_shm_size
+from ivshmem_model.model.state import Device, SystemState
+from ivshmem_model.model.system import Observation, StepResult, initial_state, step
+from ivshmem_model.model.variants import SEED, Variant
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 2.0  # seconds any real effect may take to show

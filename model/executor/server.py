@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from model.executor import wire
+from ivshmem_model.model.executor import wire
 
 DEFAULT_SOCKET_PATH = "/tmp/ivshmem_socket"  # M:18
 DEFAULT_SHM_NAME = "ivshmem"  # M:19

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.actions import (
+from ivshmem_model.model.actions import (
     Action,
     ClientNotify,
     ConfigRead,
@@ -66,10 +66,10 @@ from model.actions import (
     Unplug,
     fd_kind_size,
 )
-from model.device import memdev_name
-from model.executor import wire
-from model.executor.qemu.channel import Channel
-from model.executor.qemu.machine import (
+from ivshmem_model.model.device import memdev_name
+from ivshmem_model.model.executor import wire
+from ivshmem_model.model.executor.qemu.channel import Channel
+from ivshmem_model.model.executor.qemu.machine import (
     DeviceSpec,
     Machine,
     Outcome,
@@ -77,7 +77,7 @@ from model.executor.qemu.machine import (
     qemu_version,
     resolve_qemu,
 )
-from model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
+from ivshmem_model.model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
 
 Observation = dict[str, Any]
 DOORBELL = 12
@@ -255,7 +255,7 @@ class _Session:
                               "they hold (tests/test_contrib.py runs overflows on the C server)")
 
     def _start_server(self) -> None:
-        from model.executor.lockstep import RealServer
+        from ivshmem_model.model.executor.lockstep import RealServer
 
         self.server = RealServer(self.workdir, self.config.server.vectors,
                                  self.config.server.shm_size)
@@ -656,7 +656,7 @@ class _Session:
         machine = self._device(a.endpoint)
         if machine is None or machine.qmp is None:
             return None
-        from model.executor.qemu.qtest import QmpError
+        from ivshmem_model.model.executor.qemu.qtest import QmpError
 
         try:
             machine.qmp.execute("migrate", uri=f"exec:cat > {self.workdir}/migration")
@@ -667,7 +667,7 @@ class _Session:
 
 def _error_line(line: str) -> str | None:
     """An error QEMU reported on stderr, as the model writes it; warnings are not errors."""
-    from model.executor.qemu.machine import error_text
+    from ivshmem_model.model.executor.qemu.machine import error_text
 
     text = error_text(line.strip())
     if not text or text.startswith("warning:") or "Assertion" in text:

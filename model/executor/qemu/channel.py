@@ -28,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from model.executor import wire
+from ivshmem_model.model.executor import wire
 
 FORWARD_TIMEOUT = 3.0
 QUIET = 0.03  # seconds without a new message after which the server is taken to be done

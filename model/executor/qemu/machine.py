@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.executor.qemu.qtest import QemuGone, QemuTimeout, Qmp, QmpError, QTest
-from model.executor.wire import eventfd_field, fd_kind_of
-from model.pci import REGISTERS
-from model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
+from ivshmem_model.model.executor.qemu.qtest import QemuGone, QemuTimeout, Qmp, QmpError, QTest
+from ivshmem_model.model.executor.wire import eventfd_field, fd_kind_of
+from ivshmem_model.model.pci import REGISTERS
+from ivshmem_model.model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
 
 DEFAULT_QEMU = "qemu-system-x86_64"
 START_TIMEOUT = 10.0
