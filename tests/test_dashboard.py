@@ -69,9 +69,10 @@ def test_the_dashboard_renders_our_targets_in_a_headless_browser(tmp_path: Path)
             page = _served(url)
         assert page is not None, (tmp_path / "fuzz.out").read_text()
         assert "<title>HypoFuzz</title>" in page and TARGET not in page  # JavaScript's job
-        while TARGET not in dom and time.monotonic() - began < 75:
+        # the page lists the target first, its status once a worker has reported it
+        while not (TARGET in dom and "Running" in dom) and time.monotonic() - began < 80:
             dom = _rendered(browser, url, tmp_path / "chromium")
-            if TARGET not in dom:
+            if not (TARGET in dom and "Running" in dom):
                 time.sleep(1)
     finally:
         if fuzzing.poll() is None:
