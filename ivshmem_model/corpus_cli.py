@@ -14,12 +14,13 @@ from typing import Any
 from ivshmem_model.model.actions import TraceError, load_counterexample
 from ivshmem_model.properties.corpus import (
     counterexample_json,
+    load_corpus,
     minimize_counterexample,
     readme_text,
     violation_site,
     write_readme,
 )
-from ivshmem_model.properties.history import HISTORY, corpus_entry, corpus_file, hunt
+from ivshmem_model.properties.history import HISTORY, corpus_entry, corpus_file, hunt, showing
 from ivshmem_model.properties.trace import check_properties
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -76,28 +77,23 @@ def cmd_history(args: argparse.Namespace) -> int:
             raise TraceError(f"no modelled fix {args.commit!r} (see properties/history.py)",
                              "--commit")
     folder = Path(args.folder)
+    corpus = [cx for _, cx in load_corpus(folder)]
     missed = 0
     print(f"{'fix':13} {'release':8} {'property':18} {'site':36} {'steps':>5} {'seconds':>7}")
     for fix in fixes:
+        assert fix.search is not None
         finding, seconds = hunt(fix)
         if finding is None:
             missed += 1
-            print(f"{fix.commit:13} {fix.release:8} NOT FOUND within depth {fix.search.depth}"
-                  if fix.search else fix.commit)
+            print(f"{fix.commit:13} {fix.release:8} NOT FOUND within depth {fix.search.depth}")
             continue
         print(f"{fix.commit:13} {fix.release:8} {finding.property:18} "
               f"{finding.site or '-':36} {len(finding.path):>5} {seconds:>7.2f}", flush=True)
         path = corpus_file(folder, fix)
-        if args.write and not path.exists() and not _shown(folder, fix.variant):
+        if args.write and not path.exists() and not showing(corpus, fix):
             path.write_text(counterexample_json(corpus_entry(fix, finding)))
             print(f"  wrote {path}", file=sys.stderr)
     return EXIT_FAILED if missed else EXIT_OK
-
-
-def _shown(folder: Path, variant: str) -> bool:
-    """Some corpus file already shows ``variant`` violating a property."""
-    return any(dict(load_counterexample(str(p)).expect).get(variant, "holds") != "holds"
-               for p in folder.glob("*.json"))
 
 
 def add_subcommands(subparsers: Any) -> None:

@@ -130,6 +130,18 @@ _PROP_KINDS: dict[str, str] = {
 }
 
 
+_PROP_CHOICES: dict[str, tuple[str, ...]] = {
+    "master": MASTER_VALUES, "chardev": CHARDEV_BACKENDS, "backend": MEMORY_BACKENDS,
+}
+
+
+def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
+    text = _str(value, where)
+    if text not in allowed:
+        raise TraceError(f"expected one of {', '.join(allowed)}, got {shown_value(value)}", where)
+    return text
+
+
 def _props(value: Any) -> tuple[tuple[str, PropValue], ...]:
     if not isinstance(value, Mapping):
         raise TraceError(f"expected an object, got {shown_value(value)}", "props")
@@ -151,23 +163,8 @@ def _props(value: Any) -> tuple[tuple[str, PropValue], ...]:
             items.append((key, _int(raw, where, 0, UINT32_MAX)))
         elif kind == "size":
             items.append((key, _int(raw, where, 1, UINT64_MAX)))
-        elif kind == "master":
-            text = _str(raw, where)
-            if text not in MASTER_VALUES:
-                raise TraceError(f"expected one of on, off, auto, got {shown_value(raw)}", where)
-            items.append((key, text))
-        elif kind == "chardev":
-            text = _str(raw, where)
-            if text not in CHARDEV_BACKENDS:
-                raise TraceError(f"expected one of {', '.join(CHARDEV_BACKENDS)}, got "
-                                 f"{shown_value(raw)}", where)
-            items.append((key, text))
-        elif kind == "backend":
-            text = _str(raw, where)
-            if text not in MEMORY_BACKENDS:
-                raise TraceError(f"expected one of {', '.join(MEMORY_BACKENDS)}, got "
-                                 f"{shown_value(raw)}", where)
-            items.append((key, text))
+        elif kind in _PROP_CHOICES:
+            items.append((key, _choice(raw, where, _PROP_CHOICES[kind])))
         else:
             items.append((key, _str(raw, where)))
     return tuple(items)

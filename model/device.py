@@ -719,11 +719,19 @@ def process_msg(s: IVShmemState, msg: int, fd: int, errp: Errp) -> None:
         process_msg_disconnect(s, msg, errp)
 
 
-def ivshmem_read(s: IVShmemState, msg: int, fd: int) -> None:
-    """Seed 623-653 (with ``ivshmem_can_receive``): one whole 8-byte message arrives."""
+def ivshmem_can_receive(s: IVShmemState) -> int:
+    """Seed 623-629: how many bytes the chardev may hand ``ivshmem_read``: what fills
+    ``msg_buf``."""
     if not s.msg_buffered_bytes < 8:
         raise Abort("ivshmem_can_receive: Assertion `s->msg_buffered_bytes < "
                     "sizeof(s->msg_buf)' failed.", 627)
+    return 8 - s.msg_buffered_bytes
+
+
+def ivshmem_read(s: IVShmemState, msg: int, fd: int) -> None:
+    """Seed 631-653: the rest of an 8-byte message arrives (all of it, or what a
+    :func:`ivshmem_read_part` left)."""
+    ivshmem_can_receive(s)
     s.msg_buffered_bytes = 0
     if s.setup_stage and ivshmem_read_setup(s, msg, fd):
         return
@@ -784,10 +792,7 @@ def ivshmem_read_part(s: IVShmemState, size: int) -> None:
     (623-629) lets the chardev read at most what fills ``msg_buf``, ``ivshmem_read`` buffers
     them and returns.  Its descriptors wait in the chardev until ``qemu_chr_fe_get_msgfd``
     (647) takes them with the last byte; the model keeps them with the queued message."""
-    if not s.msg_buffered_bytes < 8:
-        raise Abort("ivshmem_can_receive: Assertion `s->msg_buffered_bytes < "
-                    "sizeof(s->msg_buf)' failed.", 627)
-    if s.msg_buffered_bytes + size >= 8:
+    if size >= ivshmem_can_receive(s):
         raise WouldBlock  # that is the whole message (or more than it): a plain deliver
     s.msg_buffered_bytes += size
 

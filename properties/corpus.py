@@ -431,7 +431,7 @@ def history_lines(corpus: list[tuple[Path, Counterexample]]) -> list[str]:
     """The README's history table (``properties.history``): per fix, the shortest corpus
     entry on which its ``before-<commit>`` variant fails while the variant with the fix holds;
     then the fixes the model cannot tell apart, with the reason."""
-    from ivshmem_model.properties.history import HISTORY
+    from ivshmem_model.properties.history import HISTORY, showing
 
     lines = [
         "",
@@ -447,11 +447,7 @@ def history_lines(corpus: list[tuple[Path, Counterexample]]) -> list[str]:
     for fix in HISTORY:
         if fix.search is None:
             continue
-        shows = [
-            cx for _, cx in corpus
-            if (expect := dict(cx.expect)).get(fix.variant, "holds") != "holds"
-            and expect.get(fix.search.baseline) == "holds"
-        ]
+        shows = showing((cx for _, cx in corpus), fix)
         if not shows:
             lines.append(f"| {fix.commit} | {fix.release} | {fix.broke} | - | - | - | none |")
             continue

@@ -18,6 +18,7 @@ model does not have yet, or the fix adds an assertion where the code before it r
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,6 +251,15 @@ def corpus_entry(fix: Fix, finding: DiffFinding) -> Counterexample:
                              "seconds": round(finding.seconds, 2)}),),
     )
     return minimize_counterexample(raw)
+
+
+def showing(corpus: Iterable[Counterexample], fix: Fix) -> list[Counterexample]:
+    """The corpus entries on which ``fix``'s ``before-<commit>`` variant violates a property
+    that the variant with the fix holds."""
+    assert fix.search is not None
+    return [cx for cx in corpus
+            if (expect := dict(cx.expect)).get(fix.variant, "holds") != "holds"
+            and expect.get(fix.search.baseline) == "holds"]
 
 
 def corpus_file(folder: Path, fix: Fix) -> Path:
