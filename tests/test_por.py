@@ -10,13 +10,13 @@ import json
 import pytest
 from helpers import contrib
 
-from ivshmem_model.check import embedded_configs
 from ivshmem_model.cli import main
 from ivshmem_model.model.actions import Action, Config
 from ivshmem_model.model.state import SystemState
 from ivshmem_model.model.system import initial_state, step, successors
 from ivshmem_model.model.variants import SEED
 from ivshmem_model.properties import por
+from ivshmem_model.properties.configs import embedded_configs
 from ivshmem_model.properties.explore import ExploreOptions, ExploreResult, explore
 
 CONFIGS = {named.name: named for named in embedded_configs()}
