@@ -40,8 +40,13 @@ def measure(config_name: str, depth: int) -> dict[str, Any]:
     """Run in the tree on ``sys.path``: only options both trees know, plus those this tree's
     ``ExploreOptions`` has (``por``)."""
     from ivshmem_model.check import embedded_configs
-    from ivshmem_model.model.variants import SEED
-    from ivshmem_model.properties.explore import ExploreOptions, explore
+
+    try:
+        from ivshmem_model.model.variants import SEED
+        from ivshmem_model.properties.explore import ExploreOptions, explore
+    except ImportError:  # a revision from before the one namespace (abf1d95)
+        from model.variants import SEED  # type: ignore[no-redef]
+        from properties.explore import ExploreOptions, explore  # type: ignore[no-redef]
 
     named = {n.name: n for n in embedded_configs()}[config_name]
     known = {f.name for f in dataclasses.fields(ExploreOptions)}
