@@ -15,8 +15,11 @@ driver the least path per property and site (and per witness).  States, transiti
 every path equal the one-process explorer's (``tests/test_distributed.py`` pins it).
 
 Fingerprints.  A state's owner is chosen by its ``hash`` (:func:`fingerprint`), which its
-records cache and carry when pickled (``model/state.py``); the seen sets hold whole states, so
-deduplication is exact.  So every process must hash alike, which Python does not by default:
+records cache and carry when pickled (``model/state.py``).  The seen sets hold those 64-bit
+fingerprints, as the one-process explorer's do (``ExploreOptions.fingerprints``; False keeps
+whole states, exact), and a batch carries each successor's fingerprint beside the concrete state
+and its path, so under symmetry the representative is computed by the sender and never moved.
+So every process must hash alike, which Python does not by default:
 strings hash by a per-process seed, and on Python 3.11 ``hash(None)`` is ``None``'s address,
 which address randomization moves (``symmetry.representative`` orders endpoints by ``hash``
 too).  Ray starts the workers with ``PYTHONHASHSEED`` fixed under ``setarch -R``
@@ -40,8 +43,9 @@ import contextlib
 import json
 import os
 import pickle
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +61,7 @@ from ivshmem_model.properties.explore import (
     Key,
     _Search,
     _witnessed,
+    fingerprint,
 )
 from ivshmem_model.properties.invariants import site_of, violations
 from ivshmem_model.properties.raysession import ACTORS, HASH_SEED, DistributedError, ray_session
@@ -64,19 +69,23 @@ from ivshmem_model.properties.symmetry import representative
 
 __all__ = ["DistributedError", "explore_distributed", "owner", "ray_session"]
 
-CHECKPOINT_FORMAT = "ivshmem-explore-checkpoint/1"
+CHECKPOINT_FORMAT = "ivshmem-explore-checkpoint/2"  # /2: seen sets of fingerprints
 IndexPath = tuple[int, ...]
 Site = tuple[str, str]
 
 
-def fingerprint(key: Key) -> int:
-    """The state's hash, cached on its records: equal in every worker started alike."""
-    return hash(key)
+# What a seen set holds for a state: its fingerprint, or the stored state itself (exact mode).
+Mark = Hashable
+
+
+def owner_of(fingerprint_: int, partitions: int) -> int:
+    """The partition that owns the states of this fingerprint: mixed, modulo the partitions."""
+    return ((fingerprint_ & 0xFFFFFFFFFFFFFFFF) * 0x9E3779B97F4A7C15 >> 17) % partitions
 
 
 def owner(key: Key, partitions: int) -> int:
-    """The partition that owns ``key``: its fingerprint, mixed, modulo the partitions."""
-    return ((fingerprint(key) & 0xFFFFFFFFFFFFFFFF) * 0x9E3779B97F4A7C15 >> 17) % partitions
+    """The partition that owns ``key`` (a stored state)."""
+    return owner_of(fingerprint(key), partitions)
 
 
 def _better(old: IndexPath | None, path: IndexPath) -> bool:
@@ -106,34 +115,50 @@ class Partition:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, niceness)
 
-    def reset(self, config: Config, variant: Variant, symmetry: bool) -> None:
+    def reset(self, config: Config, variant: Variant, symmetry: bool,
+              exact: bool = False) -> None:
         """Forget everything: a new search (actors are kept between searches)."""
-        self.config, self.variant, self.symmetry = config, variant, symmetry
-        self.seen: set[Key] = set()
+        self.config, self.variant, self.symmetry, self.exact = config, variant, symmetry, exact
+        self.seen: set[Mark] = set()
         self.frontier: list[tuple[SystemState, IndexPath]] = []
-        self.local: dict[Key, tuple[SystemState, IndexPath]] = {}
+        self.local: dict[Mark, tuple[SystemState, IndexPath]] = {}
 
     def probe(self) -> tuple[int, int]:
         """Hashes that differ between processes unless they are started alike."""
         return hash(None), hash("ivshmem")
 
-    def key(self, state: SystemState) -> Key:
-        return representative(state) if self.symmetry else state
+    def seen_bytes(self) -> int:
+        """Memory of the seen set: the hash table and, with fingerprints, the int objects
+        (what ``docs/scaling.md`` counts per state; exact marks are shared with the model's
+        records and not counted)."""
+        table = sys.getsizeof(self.seen)
+        return table if self.exact else table + sum(sys.getsizeof(m) for m in self.seen)
+
+    def mark(self, state: SystemState) -> Mark:
+        """What the seen set holds for a concrete state: its representative's fingerprint,
+        or the representative itself in exact mode."""
+        key = representative(state) if self.symmetry else state
+        return key if self.exact else fingerprint(key)
+
+    def owner(self, mark: Mark) -> int:
+        """The mark's partition: its hash is the state's fingerprint in exact mode, and a
+        fingerprint's own hash (an int's) otherwise; every process computes it alike."""
+        return owner_of(hash(mark), self.partitions)
 
     def start(self) -> LevelStats:
         """Level 0: the owner of the initial state takes it and judges it."""
         init = initial_state(self.config, self.variant)
         stats = LevelStats()
-        key = self.key(init)
-        if owner(key, self.partitions) == self.index:
-            self._take({key: (init, ())}, stats)
+        mark = self.mark(init)
+        if self.owner(mark) == self.index:
+            self._take({mark: (init, ())}, stats)
         return stats
 
     def expand(self) -> list[Any]:
         """Every successor of the frontier, batched per owner: N pickled batches, then stats."""
         began = time.perf_counter()
         stats = LevelStats()
-        batches: list[dict[Key, tuple[SystemState, IndexPath]]] = [
+        batches: list[dict[Mark, tuple[SystemState, IndexPath]]] = [
             {} for _ in range(self.partitions)]
         for state, path in self.frontier:
             for i, (_, nxt, obs) in enumerate(successors(state)):
@@ -144,21 +169,22 @@ class Partition:
                         stats.witnesses[name] = npath
                 if nxt is state:  # a step that changed nothing: the state is seen
                     continue
-                key = self.key(nxt)
-                dest = owner(key, self.partitions)
-                if dest == self.index and key in self.seen:
+                mark = self.mark(nxt)
+                dest = self.owner(mark)
+                if dest == self.index and mark in self.seen:
                     continue
                 batch = batches[dest]
-                old = batch.get(key)
+                old = batch.get(mark)
                 if _better(old and old[1], npath):
-                    batch[key] = (nxt, npath)
+                    batch[mark] = (nxt, npath)
         self.frontier = []
         self.local = batches[self.index]  # what stays here is not pickled
         out: list[Any] = []
         for dest, batch in enumerate(batches):
-            # With symmetry the key may be a second state; without, pickle's memo makes it free.
+            # A fingerprint is 8 bytes; an exact mark under symmetry is a second state, without
+            # symmetry it is the state itself, which pickle's memo sends once.
             data = b"" if dest == self.index else pickle.dumps(
-                [(k, s, p) for k, (s, p) in batch.items()], protocol=5)
+                [(m, s, p) for m, (s, p) in batch.items()], protocol=5)
             stats.bytes_out += len(data)
             out.append(data)
         stats.seconds = time.perf_counter() - began
@@ -169,16 +195,16 @@ class Partition:
         began = time.perf_counter()
         fresh, self.local = self.local, {}
         for data in batches:
-            for key, state, path in pickle.loads(data) if data else ():
-                old = fresh.get(key)
-                if key not in self.seen and _better(old and old[1], path):
-                    fresh[key] = (state, path)
+            for mark, state, path in pickle.loads(data) if data else ():
+                old = fresh.get(mark)
+                if mark not in self.seen and _better(old and old[1], path):
+                    fresh[mark] = (state, path)
         stats = LevelStats()
         self._take(fresh, stats)
         stats.seconds = time.perf_counter() - began
         return stats
 
-    def _take(self, fresh: dict[Key, tuple[SystemState, IndexPath]],
+    def _take(self, fresh: dict[Mark, tuple[SystemState, IndexPath]],
               stats: LevelStats) -> None:
         self.seen.update(fresh)
         self.frontier = list(fresh.values())
@@ -201,9 +227,9 @@ class Partition:
         for i in range(parts):
             seen, frontier = pickle.loads(
                 (Path(folder) / f"level-{level}-part-{i}.pkl").read_bytes())
-            self.seen.update(k for k in seen if owner(k, self.partitions) == self.index)
+            self.seen.update(m for m in seen if self.owner(m) == self.index)
             self.frontier.extend((s, p) for s, p in frontier
-                                 if owner(self.key(s), self.partitions) == self.index)
+                                 if self.owner(self.mark(s)) == self.index)
         return len(self.frontier)
 
 
@@ -222,20 +248,20 @@ class Level:
     busy: list[float]  # per partition: seconds expanding and absorbing
 
 
-def _meta(config: Config, variant: Variant, symmetry: bool) -> dict[str, Any]:
+def _meta(config: Config, variant: Variant, options: ExploreOptions) -> dict[str, Any]:
     return {"format": CHECKPOINT_FORMAT, "config": config.to_json(), "variant": variant.name,
-            "symmetry": symmetry}
+            "symmetry": options.symmetry, "fingerprints": options.fingerprints}
 
 
 def read_checkpoint(folder: str, config: Config, variant: Variant,
-                    symmetry: bool) -> dict[str, Any] | None:
+                    options: ExploreOptions) -> dict[str, Any] | None:
     """The last completed level saved in ``folder``, or None if there is none yet."""
     path = Path(folder) / "checkpoint.json"
     if not path.exists():
         return None
     try:
         saved = json.loads(path.read_text())
-        mine = _meta(config, variant, symmetry)
+        mine = _meta(config, variant, options)
         mismatch = [k for k in mine if saved.get(k) != mine[k]]
     except (OSError, ValueError, AttributeError) as err:
         raise DistributedError(f"{path}: unreadable checkpoint ({err})") from None
@@ -256,7 +282,7 @@ def explore_distributed(
     result = search.result
     n = options.workers
     folder = options.checkpoint
-    saved = read_checkpoint(folder, config, variant, options.symmetry) if folder else None
+    saved = read_checkpoint(folder, config, variant, options) if folder else None
     if saved is not None and not options.resume:
         raise DistributedError(f"{folder} holds a checkpoint (level {saved['level']}): resume "
                                "it, or give another folder")
@@ -275,7 +301,8 @@ def explore_distributed(
                 "the Ray workers hash differently; on a cluster start every node's workers "
                 f"with PYTHONHASHSEED={HASH_SEED} and without address randomization "
                 "(setarch -R), see properties/distributed.py")
-        ray.get([p.reset.remote(config, variant, options.symmetry) for p in parts])
+        ray.get([p.reset.remote(config, variant, options.symmetry, not options.fingerprints)
+                 for p in parts])
         if saved is not None:
             level = saved["level"]
             sizes = ray.get([p.load.remote(folder, level, saved["parts"]) for p in parts])
@@ -360,7 +387,7 @@ def _checkpoint(ray: Any, parts: list[Any], folder: str, level: int, config: Con
                 seconds: float) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
     ray.get([p.save.remote(folder, level) for p in parts])
-    meta = {**_meta(config, variant, options.symmetry), "level": level, "parts": len(parts),
+    meta = {**_meta(config, variant, options), "level": level, "parts": len(parts),
             "states": result.states, "transitions": result.transitions, "seconds": seconds,
             "found": [{"property": name, "site": site, "path": list(path), "message": message}
                       for (name, site), (path, message) in found.items()],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -43,13 +44,15 @@ def summary(result: ExploreResult) -> dict[str, Any]:
             "witnesses": result.witnesses}
 
 
-@pytest.mark.parametrize("symmetry", [False, True], ids=["plain", "symmetry"])
+@pytest.mark.parametrize(("symmetry", "fingerprints"), [(False, True), (True, True), (True, False)],
+                         ids=["plain", "symmetry", "symmetry-exact"])
 def test_two_partitions_equal_one_process_on_every_embedded_configuration(
-        ray: Any, symmetry: bool) -> None:
+        ray: Any, symmetry: bool, fingerprints: bool) -> None:
     findings = 0
     for named in embedded_configs():
         options = ExploreOptions(max_depth=min(named.depth, DEPTH.get(named.name, 6)),
-                                 max_states=10**6, time_limit=300, symmetry=symmetry)
+                                 max_states=10**6, time_limit=300, symmetry=symmetry,
+                                 fingerprints=fingerprints)
         one = explore(named.config, SEED, options)
         two = explore(named.config, SEED, dataclasses.replace(options, workers=2))
         assert summary(two) == summary(one), named.name
@@ -71,6 +74,10 @@ def test_a_stopped_run_resumes_from_its_last_level_with_fewer_partitions(
         explore(config, SEED, options, stop_at_level_4)
     saved = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert saved["level"] == 4 and saved["parts"] == 2
+    # The seen sets hold 64-bit fingerprints, as one process's do, not states.
+    seen, frontier = pickle.loads((tmp_path / "run" / "level-4-part-0.pkl").read_bytes())
+    assert seen and all(isinstance(m, int) and -2**63 <= m < 2**63 for m in seen)
+    assert frontier
     with pytest.raises(DistributedError, match="holds a checkpoint"):
         explore(config, SEED, options)
     with pytest.raises(DistributedError, match="another run"):
