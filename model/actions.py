@@ -127,6 +127,7 @@ _PROP_KINDS: dict[str, str] = {
     "shm": "str",
     "role": "str",
     "use64": "uint32",
+    "memdev": "str",
 }
 
 
@@ -595,6 +596,10 @@ def action_from_json(obj: Any) -> Action:
     action = cls(**kwargs)
     if isinstance(action, MmioWrite | ShmWrite) and action.value >> (8 * action.size):
         raise TraceError(f"{action.value} does not fit in {action.size} byte(s)", "value")
+    if isinstance(action, Realize) and action.prop("memdev") is not None \
+            and action.prop("memdev_size") is not None:
+        raise TraceError("memdev names a memory backend the process has; memdev_size creates "
+                         "one: give one of them", "props.memdev")
     if isinstance(action, ShmRead | ShmWrite) and action.offset % action.size:
         raise TraceError(f"offset {action.offset} is not a multiple of the size {action.size}",
                          "offset")
@@ -652,6 +657,16 @@ class Config:
     # an extension: the checkers' menus hold what a client may do to the contrib server
     # beyond the protocol (abandon, garbage)
     hostile_clients: bool = False
+    # an extension: groups of endpoints that are one QEMU process (each a device with its own
+    # chardev connection), sorted; an endpoint in no group is a process of its own
+    processes: tuple[tuple[int, ...], ...] = ()
+
+    def process_of(self, e: int) -> tuple[int, ...]:
+        """The endpoints in endpoint ``e``'s process, ``e`` among them, in order."""
+        for group in self.processes:
+            if e in group:
+                return group
+        return (e,)
 
     def realize_menu(self) -> tuple[DeviceChoice, ...]:
         if self.realize:
@@ -683,6 +698,8 @@ class Config:
             out["hotplug"] = True
         if self.hostile_clients:
             out["hostile_clients"] = True
+        if self.processes:
+            out["processes"] = [list(group) for group in self.processes]
         return out
 
 
@@ -732,10 +749,36 @@ def _device_choices(value: Any) -> tuple[DeviceChoice, ...]:
     return tuple(out)
 
 
+def _processes(value: Any, endpoints: int, clients: tuple[int, ...]
+               ) -> tuple[tuple[int, ...], ...]:
+    """``processes``: disjoint groups of two or more QEMU endpoints, each one process."""
+    seen: dict[int, int] = {}
+    out: list[tuple[int, ...]] = []
+    for index, item in enumerate(_list(value, "processes")):
+        where = f"processes[{index}]"
+        members = _list(item, where)
+        if len(members) < 2:
+            raise TraceError("a process groups two or more endpoints (an endpoint in no group "
+                             "is a process of its own)", where)
+        group: list[int] = []
+        for position, raw in enumerate(members):
+            member = _int(raw, f"{where}[{position}]", 0, endpoints - 1)
+            if member in seen:
+                raise TraceError(f"endpoint {member} is already in processes[{seen[member]}]",
+                                 f"{where}[{position}]")
+            if member in clients:
+                raise TraceError(f"endpoint {member} is a plain client (clients), not a QEMU",
+                                 f"{where}[{position}]")
+            seen[member] = index
+            group.append(member)
+        out.append(tuple(sorted(group)))
+    return tuple(sorted(out))
+
+
 def config_from_json(obj: Any) -> Config:
     obj = _object(obj, "config")
     _only(obj, ("endpoints", "server", "host", "clients", "realize", "hotplug",
-                "hostile_clients"), "config")
+                "hostile_clients", "processes"), "config")
     server = _object(obj.get("server", {}), "config.server")
     _only(server, ("policy", "vectors", "shm_size", "messages", "socket_capacity"),
           "config.server")
@@ -773,6 +816,8 @@ def config_from_json(obj: Any) -> Config:
             hotplug=_bool(obj.get("hotplug", False), "hotplug"),
             hostile_clients=_bool(obj.get("hostile_clients", False), "hostile_clients"),
             realize=_device_choices(obj["realize"]) if "realize" in obj else (),
+            processes=_processes(obj["processes"], endpoints, clients)
+            if "processes" in obj else (),
         )
     except TraceError as err:
         raise err.within("config") from None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from ivshmem_model.model import msix, pci
+from ivshmem_model.model import chardev, msix, pci
 from ivshmem_model.model.actions import SIZED_FD_KINDS
 from ivshmem_model.model.msix import (
     PCIDevice,
@@ -34,7 +34,7 @@ from ivshmem_model.model.msix import (
     msix_vector_use,
 )
 from ivshmem_model.model.pci import PCI_BASE_ADDRESS_MEM_PREFETCH, PCI_BASE_ADDRESS_MEM_TYPE_64
-from ivshmem_model.model.proc import Abort, Crash, Exit, Hang, Proc, WouldBlock
+from ivshmem_model.model.proc import Abort, Crash, Exit, Hang, Proc
 from ivshmem_model.model.state import (
     DEFAULT_MSI_VECTOR,
     DEFAULT_PEER,
@@ -45,6 +45,7 @@ from ivshmem_model.model.state import (
     NULL,
     ZEROED,
     Device,
+    MemBackend,
     MSIVector,
     Peer,
 )
@@ -122,11 +123,12 @@ class IVShmemState(PCIDevice):
     """Mutable mirror of ``IVShmemState`` (seed 83-122)."""
 
     __slots__ = (
-        "_frozen", "bar2", "bar2_64bit", "bar2_fd", "bar2_size", "chardev", "chardev_null",
-        "endpoint", "features", "hostmem", "hostmem_data", "interrupt_pin", "intrmask",
-        "intrstatus", "ioeventfds", "irq_level", "legacy_size", "master", "migration_blocker",
-        "msg_buffered_bytes", "msi_vectors", "msi_vectors_block", "nb_peers", "peers",
-        "peers_block", "realizing", "setup_stage", "type", "vectors", "vm_id",
+        "_frozen", "backend", "bar2", "bar2_64bit", "bar2_fd", "bar2_size", "chardev",
+        "chardev_null", "endpoint", "features", "hostmem", "hostmem_data", "interrupt_pin",
+        "intrmask", "intrstatus", "ioeventfds", "irq_level", "legacy_size", "master", "memdev",
+        "migration_blocker", "msg_buf", "msg_buffered_bytes", "msi_vectors",
+        "msi_vectors_block", "nb_peers", "peers", "peers_block", "ram_unregistered", "realizing",
+        "setup_stage", "type", "vectors", "vm_id",
     )
 
     def __init__(self, proc: Proc, d: Device) -> None:
@@ -156,10 +158,15 @@ class IVShmemState(PCIDevice):
         self.bar2_64bit = d.bar2_64bit
         self.hostmem_data = d.hostmem_data
         self.msg_buffered_bytes = d.msg_buffered_bytes
+        self.msg_buf = d.msg_buf
         self.migration_blocker = d.migration_blocker
         self.ioeventfds = list(d.ioeventfds)
         self.setup_stage = d.setup_stage
+        self.memdev = d.memdev
+        self.backend: MemBackend | None = None  # realize only: the memdev named, as it is
         self.realizing = False  # BAR0 is mapped only once realize is over
+        # unplug only: ivshmem_exit cleared the id of BAR2's RAM block (vmstate_unregister_ram)
+        self.ram_unregistered = False
         self.chardev_null = False  # chardev_backend "null" (realize only: it never completes)
         if d.msix.notifiers:
             self.msix_vector_use_notifier = ivshmem_vector_unmask
@@ -172,8 +179,8 @@ class IVShmemState(PCIDevice):
         d = self._frozen
         ioeventfds = tuple(sorted(self.ioeventfds))
         msix = self.freeze_msix(d.msix)
-        if (_untouched(self.peers) and _untouched(self.msi_vectors) and msix is d.msix
-                and ioeventfds == d.ioeventfds and _scalars(self) == _scalars(d)):
+        same = msix is d.msix and ioeventfds == d.ioeventfds and _scalars(self) == _scalars(d)
+        if same and _untouched(self.peers) and _untouched(self.msi_vectors):
             return d  # compared field by field: no record built for a step that changed nothing
         device = Device(
             type=self.type,
@@ -197,15 +204,19 @@ class IVShmemState(PCIDevice):
             bar2_fd=self.bar2_fd,
             bar2_size=self.bar2_size,
             msg_buffered_bytes=self.msg_buffered_bytes,
+            msg_buf=self.msg_buf,
             migration_blocker=self.migration_blocker,
             ioeventfds=d.ioeventfds if ioeventfds == d.ioeventfds else ioeventfds,
-            msix=self.freeze_msix(d.msix),
+            msix=msix,
             pci=self.pci,
             bar2_64bit=self.bar2_64bit,
             hostmem_data=self.hostmem_data,
             setup_stage=self.setup_stage,
+            memdev=self.memdev,
         )
-        return d if device == d else device
+        if same and device.peers == d.peers and device.msi_vectors == d.msi_vectors:
+            return d  # the arrays were written back as they were
+        return device
 
     def default_peer(self) -> Peer:
         """What ``resize_peers`` puts in a new slot: ``g_new0`` of 0 elements is NULL."""
@@ -503,6 +514,36 @@ def watch_vector_notifier(s: IVShmemState, n: int, vector: int) -> None:
         ivshmem_vector_notify(s, vector)
 
 
+def stale_fd_handler_poll(proc: Proc, device: Device | None) -> None:
+    """QEMU's main loop polling a handler that ``ivshmem_exit`` left behind (seed 1001-1006
+    close the eventfd, 1012 frees ``msi_vectors``, the handler's opaque; nothing calls
+    ``qemu_set_fd_handler(fd, NULL, ...)``).
+
+    ``qemu_set_fd_handler`` (util/main-loop.c) → ``aio_set_fd_handler`` (util/aio-posix.c)
+    adds the handler's ``GPollFD`` to the main loop's sources by *number*; every iteration
+    polls it and ``aio_dispatch_handler`` runs the handler when ``G_IO_IN`` is set.  While the
+    number is closed poll answers ``POLLNVAL``, which no handler takes (the loop only spins).
+    Once the process's next descriptor gets that number (``open`` and SCM_RIGHTS give the
+    lowest free) and is readable, a memfd or file at once, an eventfd when signalled,
+    ``ivshmem_vector_notify`` runs with the freed ``&s->msi_vectors[vector]``: ``entry->pdev``
+    is read from freed memory (seed 293), and QEMU dies (SIGSEGV on 7.2.22 and 10.0.13).  A
+    handler whose device lives on (its eventfd closed by a peer's leave) is not this case:
+    the model keeps that descriptor's identity (``properties/conform.py``, ABSTRACTIONS)."""
+    own: set[int] = set()
+    if device is not None:
+        for _, peer in device.peers:
+            own.update(peer.eventfds)
+    for d, vector in proc.fd_handlers:
+        if d == ZEROED or d in own or proc.world.is_open(d):
+            continue
+        n = proc.number_of(d)
+        what = proc.world.readable_at(proc.endpoint, n)
+        if what is not None:
+            raise Crash("use_after_free",
+                        f"ivshmem_vector_notify on msi_vectors[{vector}] freed at unplug: the "
+                        f"closed eventfd's number is now a readable {what}", 293)
+
+
 def ivshmem_add_eventfd(s: IVShmemState, posn: int, i: int) -> None:
     """Seed 400-408; KVM sees the ioeventfd once BAR0 is mapped (after realize)."""
     s.ioeventfds.append(((posn << 16) | i, eventfd_slot(s, posn, i, 407)))
@@ -728,11 +769,22 @@ def ivshmem_can_receive(s: IVShmemState) -> int:
     return 8 - s.msg_buffered_bytes
 
 
-def ivshmem_read(s: IVShmemState, msg: int, fd: int) -> None:
-    """Seed 631-653: the rest of an 8-byte message arrives (all of it, or what a
-    :func:`ivshmem_read_part` left)."""
-    ivshmem_can_receive(s)
+def ivshmem_read(s: IVShmemState, buf: bytes) -> None:
+    """Seed 631-653: the chardev hands over ``buf`` (at most what ``ivshmem_can_receive``
+    allowed); once ``msg_buf`` holds 8 bytes they are a message, and the descriptor the
+    chardev holds (``qemu_chr_fe_get_msgfd``, 647) comes with it."""
+    size = len(buf)
+    if not (size >= 0 and s.msg_buffered_bytes + size <= 8):
+        raise Abort("ivshmem_read: Assertion `size >= 0 && s->msg_buffered_bytes + size <= "
+                    "sizeof(s->msg_buf)' failed.", 638)
+    s.msg_buf |= int.from_bytes(buf, "little") << 8 * s.msg_buffered_bytes
+    s.msg_buffered_bytes += size
+    if s.msg_buffered_bytes < 8:
+        return
+    msg = chardev.le64(s.msg_buf.to_bytes(8, "little"))
+    s.msg_buf = 0
     s.msg_buffered_bytes = 0
+    fd = chardev.qemu_chr_fe_get_msgfd(s.proc)
     if s.setup_stage and ivshmem_read_setup(s, msg, fd):
         return
     err = Errp()
@@ -787,34 +839,22 @@ def ivshmem_read_setup(s: IVShmemState, msg: int, fd: int) -> bool:
     return False
 
 
-def ivshmem_read_part(s: IVShmemState, size: int) -> None:
-    """Seed 631-643: ``size`` bytes of a message, fewer than it lacks: ``ivshmem_can_receive``
-    (623-629) lets the chardev read at most what fills ``msg_buf``, ``ivshmem_read`` buffers
-    them and returns.  Its descriptors wait in the chardev until ``qemu_chr_fe_get_msgfd``
-    (647) takes them with the last byte; the model keeps them with the queued message."""
-    if size >= ivshmem_can_receive(s):
-        raise WouldBlock  # that is the whole message (or more than it): a plain deliver
-    s.msg_buffered_bytes += size
-
-
 INT64_MIN = -(2**63)
 
 
 def ivshmem_recv_msg(s: IVShmemState, errp: Errp) -> tuple[int, int]:
     """Seed 655-676: a blocking read of one message from the chardev.  A null chardev has no
     synchronous read: ``qemu_chr_fe_read_all`` returns 0 at once, as on a closed socket."""
-    if s.chardev_null or not s.proc.world.channel(s.endpoint):
-        if s.chardev_null or not s.proc.world.server_up:
-            if s.proc.variant.recv_msg_eof_is_error:
-                errp.set("read from server failed: Connection reset by peer")
-                return INT64_MIN, -1
-            # qemu_chr_fe_read_all returns 0 on a closed socket; the loop never ends.
-            where = "a null chardev" if s.chardev_null else "a closed socket"
-            raise Hang(f"ivshmem_recv_msg: read returns 0 forever on {where}", 672)
-        raise WouldBlock
-    msg, fd = s.proc.world.pop_message(s.endpoint)
-    if fd >= 0:
-        s.proc.world.give(fd, s.endpoint)
+    data = None if s.chardev_null else chardev.qemu_chr_fe_read_all(s.proc, 8)
+    if data is None:
+        if s.proc.variant.recv_msg_eof_is_error:
+            errp.set("read from server failed: Connection reset by peer")
+            return INT64_MIN, -1
+        # qemu_chr_fe_read_all returns 0 on a closed socket; the loop never ends.
+        where = "a null chardev" if s.chardev_null else "a closed socket"
+        raise Hang(f"ivshmem_recv_msg: read returns 0 forever on {where}", 672)
+    msg = chardev.le64(data)
+    fd = chardev.qemu_chr_fe_get_msgfd(s.proc)
     if s.proc.big_endian and s.proc.variant.before_51af0ec9fa72:
         msg = bswap64(msg)  # returned as read: no le64_to_cpu (seed 675)
     return msg, fd
@@ -1058,7 +1098,12 @@ def ivshmem_common_realize_end(s: IVShmemState) -> None:
         s.master = "on" if s.vm_id == 0 else "off"
     if not ivshmem_is_master(s):
         s.migration_blocker = True
-    # vmstate_register_ram, then the BAR (seed 966-967)
+    # vmstate_register_ram, then the BAR (seed 966-967).  A memdev whose RAM block a device
+    # that was unplugged registered still has its id (ivshmem_exit unregisters only while
+    # BAR2 is mapped, seed 980-995): qemu_ram_set_idstr (physmem.c, 7.2 1745-1750) asserts.
+    if s.backend is not None and s.backend.idstr:
+        raise Abort("qemu_ram_set_idstr: Assertion `!new_block->idstr[0]' failed.",
+                    "physmem.c qemu_ram_set_idstr")
     pci_register_bar(s, s.bar2_size)
 
 
@@ -1094,6 +1139,10 @@ def ivshmem_exit(s: IVShmemState, bar2_mapped: bool) -> None:
         # munmap(addr, memory_region_size(...) == -1): a length of 0 (seed 985)
         s.proc.error_report("Failed to munmap shared memory Invalid argument")
         s.proc.close(s.bar2_fd, 991)
+    if bar2_mapped or s.proc.variant.exit_unregisters_ram:
+        # vmstate_unregister_ram (seed 994, physmem.c qemu_ram_unset_idstr).  Only a memdev's
+        # RAM block outlives the device and can be named again (model.system._unplug).
+        s.ram_unregistered = True
     if s.peers_block != NULL:
         for i in range(s.nb_peers):
             close_peer_eventfds(s, i)
@@ -1174,7 +1223,7 @@ DEVICE_TYPES: dict[str, DeviceType] = {
     "ivshmem-plain": DeviceType(
         "ivshmem-plain",
         (("master", "off"), ("memdev_size", None), ("memdev_backend", "memfd"),
-         ("memdev_share", True)),
+         ("memdev_share", True), ("memdev", None)),
         0, 0,
     ),
     # seed 1144-1151, 1153-1160
@@ -1221,9 +1270,12 @@ def is_power_of_2(value: int) -> bool:
 
 
 def realize_device(
-    proc: Proc, device_type: str, props: dict[str, object], memdev: str = "m0-1"
+    proc: Proc, device_type: str, props: dict[str, object], memdev: str = "m0-1",
+    backend: MemBackend | None = None,
 ) -> tuple[IVShmemState | None, str | None]:
     """``-device TYPE,props``: property parsing, instance_init, then the type's realize.
+    ``memdev`` is the id of the backend ``memdev_size`` creates; ``backend`` the existing one
+    the ``memdev`` property names (``None`` if the process has none of that id).
 
     Returns the realized device, or ``None`` and QEMU's error text.
     """
@@ -1235,6 +1287,11 @@ def realize_device(
         if key not in known:
             return None, f"Property '{device_type}.{key}' not found"
     values = {**known, **props}
+    named = values.get("memdev")
+    if named is not None and backend is None:
+        # the link property's setter finds no object of that id (qom/object.c
+        # object_resolve_link)
+        return None, f"Device '{named}' not found"
     memdev_error = memory_backend_complete(values, proc.variant, memdev)
     if memdev_error is not None:
         return None, memdev_error
@@ -1250,14 +1307,18 @@ def realize_device(
         vectors=_as_int(values.get("vectors")),
         master=str(values.get("master", "off")),
         chardev=bool(values.get("chardev", False)),
-        hostmem=memdev_size is not None,
+        hostmem=memdev_size is not None or backend is not None,
         # seed 906-908; inverted before b2b79a696052
         bar2_64bit=(device_type != "ivshmem" or bool(values.get("use64")))
         != proc.variant.before_b2b79a696052,
-        bar2_size=_as_int(memdev_size),
+        bar2_size=backend.size if backend is not None else _as_int(memdev_size),
         legacy_size=dtype.legacy_size,
+        hostmem_data=backend.data if backend is not None else (),
+        memdev=backend.name if backend is not None else memdev if memdev_size is not None
+        else "",
     )
     s = IVShmemState(proc, device)
+    s.backend = backend
     s.realizing = True
     s.chardev_null = values.get("chardev_backend") == "null" and device.chardev
     errp = Errp()
@@ -1304,6 +1365,18 @@ def memdev_created(device_type: str, props: dict[str, object], variant: Variant,
     return (backend,)
 
 
+def backend_created(device_type: str, props: dict[str, object], variant: Variant,
+                    name: str) -> MemBackend | None:
+    """The memory backend object ``memdev_size`` asked for, if its creation succeeded (a
+    failed ``-object``/``object-add`` leaves no object of that id)."""
+    if device_type != "ivshmem-plain" or "memdev_size" not in props:
+        return None
+    values = {**dict(DEVICE_TYPES[device_type].defaults), **props}
+    if memory_backend_complete(values, variant, name) is not None:
+        return None
+    return MemBackend(name, _as_int(values["memdev_size"]))
+
+
 def memdev_name(endpoint: int, created: int) -> str:
     """The id of the next memory backend of an endpoint's process (the QEMU backend uses the
     same ids): QEMU 10.0's errors name the region after it."""
@@ -1331,9 +1404,13 @@ def _as_int(value: object) -> int:
 
 
 def ivshmem_plain_realize(s: IVShmemState, errp: Errp) -> None:
-    """Seed 1094-1109 (a memdev is never busy here: one device per process)."""
+    """Seed 1094-1109: a memdev another device of the process maps is busy (1101-1105); one
+    that ``memdev_size`` just created is not."""
     if not s.hostmem and not s.proc.variant.before_6dc64780c2a8:
         errp.set("You must specify a 'memdev'")
+        return
+    if s.backend is not None and s.backend.mapped:
+        errp.set(f"can't use already busy memdev: {s.backend.name}")
         return
     if s.proc.variant.bar2_size_checked and not is_power_of_2(s.bar2_size):
         errp.set(f"memdev size {s.bar2_size} is not a power of 2")

@@ -20,6 +20,7 @@ another BAR's address is not modelled (``properties/conform.py``, ``ABSTRACTIONS
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 from ivshmem_model.model.state import (
@@ -186,8 +187,11 @@ def bar_address(d: Device, index: int) -> int | None:
     return new_addr
 
 
+@functools.lru_cache(maxsize=256)
 def at_home(d: Device, index: int) -> bool:
-    """Whether the guest's accesses to BAR ``index`` reach it (mapped where the driver put it)."""
+    """Whether the guest's accesses to BAR ``index`` reach it (mapped where the driver put it).
+    Cached: every guest access asks it, and consecutive states share their device records
+    (hashed once, compared by identity)."""
     return bar_address(d, index) == HOME[index]
 
 

@@ -12,7 +12,7 @@ disabled action.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ivshmem_model.model.state import (
@@ -89,15 +89,30 @@ Objects = tuple[FileObject | None, ...]
 Channels = tuple[tuple[Message, ...], ...]
 
 
+def _lowest_free(table: Sequence[object | None], hint: int) -> int:
+    """The first ``None`` slot of ``table`` at or after ``hint`` (every slot below ``hint``
+    is taken), or ``len(table)``."""
+    for index in range(hint, len(table)):
+        if table[index] is None:
+            return index
+    return len(table)
+
+
 class World:
     """The system-wide tables a step may change: descriptors, objects, channels.
 
     Copy-on-write: a table is copied the first time a step writes it, and handed back as the
     very same tuple when it was only read, so unchanged parts of consecutive states stay
     shared (cheap to hash, cheap to compare).
+
+    ``free_fd`` and ``free_object`` are free-slot hints: every slot below them is taken, so
+    the search for the lowest free slot starts there (0 is always a correct hint).  They
+    travel with the tables in the state (``SystemState._free``), so a long trace with
+    thousands of descriptors in flight allocates in constant time instead of rescanning.
     """
 
-    __slots__ = ("_channels", "_fds", "_objects", "closed_any", "server_up")
+    __slots__ = ("_channels", "_fds", "_objects", "closed_any", "free_fd", "free_object",
+                 "held", "process", "server_up")
 
     def __init__(
         self,
@@ -105,12 +120,20 @@ class World:
         objects: tuple[FileObject | None, ...],
         channels: tuple[tuple[Message, ...], ...],
         server_up: bool,
+        free_fd: int = 0,
+        free_object: int = 0,
     ) -> None:
         self._fds: Sequence[Fd | None] = fds
         self._objects: Sequence[FileObject | None] = objects
         self._channels: Sequence[Sequence[Message]] = channels
         self.server_up = server_up
         self.closed_any = False  # a descriptor was closed: garbage may exist
+        self.free_fd = free_fd
+        self.free_object = free_object
+        # Per-process POSIX numbering (``Fd.number``), when the caller knows the processes:
+        # the endpoints of an endpoint's process, and the numbers its memory backends hold.
+        self.process: Callable[[int], tuple[int, ...]] | None = None
+        self.held: Callable[[int], Iterable[int]] | None = None
 
     # -- tables ----------------------------------------------------------------------------------
 
@@ -148,6 +171,11 @@ class World:
     def pop_message(self, endpoint: int) -> Message:
         return self._w_channel(endpoint).pop(0)
 
+    def replace_head(self, endpoint: int, message: Message) -> None:
+        """The first queued message becomes ``message`` (a partly read one, its descriptor
+        gone to the reader: ``model.chardev``)."""
+        self._w_channel(endpoint)[0] = message
+
     def clear_channel(self, endpoint: int) -> None:
         self._w_channel(endpoint).clear()
 
@@ -162,23 +190,67 @@ class World:
     # -- objects and descriptors ---------------------------------------------------------------
 
     def new_object(self, obj: FileObject) -> int:
+        """The lowest free object slot gets ``obj``."""
         objects = self._w_objects()
-        for index, slot in enumerate(objects):
-            if slot is None:
-                objects[index] = obj
-                return index
-        objects.append(obj)
-        return len(objects) - 1
+        index = _lowest_free(objects, self.free_object)
+        if index == len(objects):
+            objects.append(obj)
+        else:
+            objects[index] = obj
+        self.free_object = index + 1
+        return index
 
     def new_fd(self, obj: int, owner: int) -> int:
+        """The lowest free descriptor number, as POSIX ``open`` and SCM_RIGHTS give."""
         fds = self._w_fds()
-        fd = Fd(obj, owner)
-        for index, slot in enumerate(fds):
-            if slot is None:
-                fds[index] = fd
-                return index
-        fds.append(fd)
-        return len(fds) - 1
+        index = _lowest_free(fds, self.free_fd)
+        fd = Fd(obj, owner, True, self.number(owner))
+        if index == len(fds):
+            fds.append(fd)
+        else:
+            fds[index] = fd
+        self.free_fd = index + 1
+        return index
+
+    # -- POSIX numbers (open(2), SCM_RIGHTS: the lowest number free in the process) ---------
+
+    def number(self, owner: int) -> int:
+        """The number a descriptor arriving in ``owner``'s process gets now, or -1 in flight
+        (and when the processes are not known)."""
+        if owner < 0 or self.process is None:
+            return -1
+        group = self.process(owner)
+        taken = {entry.number for entry in self._fds
+                 if entry is not None and entry.open and entry.owner in group}
+        if self.held is not None:
+            for m in group:
+                taken.update(self.held(m))
+        n = 0
+        while n in taken:
+            n += 1
+        return n
+
+    def at_number(self, owner: int, n: int) -> int | None:
+        """The open descriptor of ``owner``'s process numbered ``n``, if any."""
+        if n < 0 or self.process is None:
+            return None
+        group = self.process(owner)
+        for d, entry in enumerate(self._fds):
+            if entry is not None and entry.open and entry.number == n and entry.owner in group:
+                return d
+        return None
+
+    def readable_at(self, owner: int, n: int) -> str | None:
+        """What ``poll`` finds readable at number ``n`` of ``owner``'s process: the kind of
+        the descriptor there ("memory backend" for a backend's own memfd or file, readable
+        like any regular file), or None when nothing readable holds the number."""
+        d = self.at_number(owner, n)
+        if d is not None:
+            return self.obj_of(d).kind if self.readable(d) or self.always_readable(d) else None
+        if n >= 0 and self.held is not None and self.process is not None and any(
+                n in self.held(m) for m in self.process(owner)):
+            return "memory backend"
+        return None
 
     def obj_of(self, d: int) -> FileObject:
         entry = self._fds[d]
@@ -234,14 +306,14 @@ class World:
     def close_fd(self, d: int) -> None:
         entry = self._fds[d]
         assert entry is not None
-        self._w_fds()[d] = Fd(entry.obj, entry.owner, False)
+        self._w_fds()[d] = Fd(entry.obj, entry.owner, False, entry.number)
         self.closed_any = True
 
     def give(self, d: int, owner: int) -> None:
         """A descriptor in flight arrives in ``owner``'s process (SCM_RIGHTS)."""
         entry = self._fds[d]
         assert entry is not None and entry.owner == IN_FLIGHT
-        self._w_fds()[d] = Fd(entry.obj, owner, entry.open)
+        self._w_fds()[d] = Fd(entry.obj, owner, entry.open, self.number(owner))
 
     def send(self, endpoint: int, value: int, obj: int | None) -> Message:
         """Queue one message; an fd travels as a fresh in-flight descriptor of ``obj``."""
@@ -257,6 +329,8 @@ class Proc:
     __slots__ = (
         "big_endian",
         "blockers_left",
+        "chr_fd",
+        "chr_read",
         "endpoint",
         "faults",
         "fd_handlers",
@@ -279,9 +353,14 @@ class Proc:
         fd_handlers: tuple[tuple[int, int], ...] = (),
         faults: tuple[Fault, ...] = (),
         big_endian: bool = False,
+        chr_read: int = 0,
+        chr_fd: int = -1,
     ) -> None:
         self.world = world
         self.endpoint = endpoint
+        # the process's socket chardev, which outlives its device (model.chardev)
+        self.chr_read = chr_read
+        self.chr_fd = chr_fd
         self.big_endian = big_endian
         self.blockers_left = 0  # migration blockers a failed realize left behind (this step)
         self.variant = variant
@@ -379,11 +458,25 @@ class Proc:
 
     # -- the main loop's fd handlers (qemu_set_fd_handler) --------------------------------------
 
+    def _same_number(self, d: int) -> list[tuple[int, int]]:
+        """The handlers on ``d`` or on a closed descriptor that had ``d``'s number: the main
+        loop keys its handlers by number (aio-posix.c ``aio_set_fd_handler`` finds the node
+        of that fd and replaces it)."""
+        n = self.number_of(d)
+        return [h for h in self.fd_handlers if h[0] == d or (n >= 0 and self.number_of(h[0]) == n)]
+
+    def number_of(self, d: int) -> int:
+        """The POSIX number of descriptor ``d`` (closed or not), -1 if none is known."""
+        entry = self.world.fds[d] if 0 <= d < len(self.world.fds) else None
+        return -1 if entry is None else entry.number
+
     def remove_fd_handler(self, d: int) -> None:
         """``qemu_set_fd_handler(d, NULL, NULL, NULL)``."""
-        self.fd_handlers = [h for h in self.fd_handlers if h[0] != d]
+        gone = self._same_number(d)
+        self.fd_handlers = [h for h in self.fd_handlers if h not in gone]
 
     def set_fd_handler(self, d: int, vector: int) -> None:
-        self.fd_handlers = [h for h in self.fd_handlers if h[0] != d]
+        gone = self._same_number(d)
+        self.fd_handlers = [h for h in self.fd_handlers if h not in gone]
         self.fd_handlers.append((d, vector))
         self.fd_handlers.sort()

@@ -12,13 +12,15 @@ tuples of ``(index, value)`` pairs, sorted, default values left out: a device wi
 File descriptors: ``fds[d]`` is one descriptor, a process's handle on the object ``objects[o]``
 (an eventfd or a shared-memory file).  Device fields hold descriptor numbers, as C holds ints.
 A descriptor is reused only once nothing refers to it, so a stale number in device state keeps
-meaning "that closed descriptor" and its use is caught.
+meaning "that closed descriptor" and its use is caught.  Beside that identity each descriptor
+has the POSIX number its process gave it (``Fd.number``, lowest free), which is what QEMU's main
+loop watches: a handler left on a closed descriptor watches whatever takes its number next.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -114,6 +116,11 @@ class Fd:
     obj: int
     owner: int
     open: bool = True
+    # The POSIX number in the owner's process, counted from the first the model knows of
+    # (QEMU's own descriptors are opened at launch, below): the lowest free one when the
+    # descriptor came; -1 in flight.  A closed descriptor keeps it, so a main-loop handler
+    # left on it watches whatever descriptor takes the number next (model.proc.World.number).
+    number: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +215,9 @@ class Device:
     bar2_fd: int = -1  # descriptor mapped as BAR2 (server mode)
     bar2_size: int = 0
     msg_buffered_bytes: int = 0
+    # msg_buf's bytes so far, as an unsigned little-endian number (0 when none): they may
+    # belong to messages already gone from the socket (model.chardev)
+    msg_buf: int = 0
     migration_blocker: bool = False
     ioeventfds: tuple[tuple[int, int], ...] = ()  # (datamatch, descriptor), sorted
     msix: Msix = Msix()
@@ -217,6 +227,7 @@ class Device:
     # Before 3a55fc0f2431, setup went on after realize: "version" (the next message goes to
     # ivshmem_check_version), then "messages" (ivshmem_read); "" once synchronous (the seed).
     setup_stage: str = ""
+    memdev: str = ""  # the id of the memory backend it maps (``memdev``), "" for none
     _hash: int = _hash_slot()
 
 
@@ -239,6 +250,24 @@ class Client:
     peers: tuple[ClientPeer, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class MemBackend:
+    """A memory backend object (``-object memory-backend-*,id=NAME``, backends/hostmem.c) as a
+    device sees it: its size; ``mapped``, ``host_memory_backend_is_mapped`` (a device maps it:
+    set by realize, seed 914, cleared by ``ivshmem_exit``, seed 997-999); ``idstr``, whether
+    its RAM block has an id (``vmstate_register_ram``, seed 966, physmem.c
+    ``qemu_ram_set_idstr``; ``ivshmem_exit`` unsets it only while BAR2 is mapped, seed
+    980-995, which it never is at unplug, or always under ``exit_unregisters_ram``);
+    ``data``, its bytes while no device maps it (while one does they are
+    ``Device.hostmem_data``)."""
+
+    name: str
+    size: int
+    mapped: bool = False
+    idstr: bool = False
+    data: tuple[tuple[int, int], ...] = ()
+
+
 @hash_cached
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -259,6 +288,16 @@ class Endpoint:
     # migration blockers that devices which failed to realize left registered (before
     # d855e2756554); the live device's own is Device.migration_blocker
     stale_blockers: int = 0
+    # The socket chardev, which outlives the device (model.chardev): bytes of the channel's
+    # first message already read, and the descriptor received and not yet taken (-1: none).
+    chr_read: int = 0
+    chr_fd: int = -1
+    # the memory backend objects its realizes created, which a later realize in the same
+    # process may name (``memdev``)
+    backends: tuple[MemBackend, ...] = ()
+    # the POSIX numbers of the memory backends' own descriptors (memdevs that hold one: a
+    # memfd or a file), which stay open for the life of the process
+    memdev_fds: tuple[int, ...] = ()
     _hash: int = _hash_slot()
 
 
@@ -300,6 +339,8 @@ class SystemState:
     _hash: int = _hash_slot()
     # Descriptors referenced by the state, computed once (model.system.referenced_descriptors).
     _refs: frozenset[int] | None = field(default=None, init=False, repr=False, compare=False)
+    # Free-slot hints of ``fds`` and ``objects`` (model.proc.World): every slot below is taken.
+    _free: tuple[int, int] = field(default=(0, 0), init=False, repr=False, compare=False)
 
 
 def sparse_get(pairs: tuple[tuple[int, Any], ...], index: int, default: Any) -> Any:
@@ -307,3 +348,31 @@ def sparse_get(pairs: tuple[tuple[int, Any], ...], index: int, default: Any) -> 
         if key == index:
             return value
     return default
+
+
+def _plain_init(cls: Any) -> None:
+    """Give the frozen record ``cls`` the ``__init__`` of a plain dataclass with its fields,
+    and drop the frozen ``__setattr__``/``__delattr__``.  A frozen dataclass sets each field
+    through ``object.__setattr__``, eight times slower than the slot store a plain one makes,
+    and the explorer builds about three records per transition.  The records stay frozen
+    where it is checked: mypy sees ``frozen=True`` and rejects any assignment to a field;
+    only the run-time guard goes (the caches ``_hash``, ``_refs``, ``_free`` were always
+    written past it)."""
+    twin: Any = make_dataclass(cls.__name__, [
+        (f.name, f.type, field(default=f.default, default_factory=f.default_factory,
+                               init=f.init, repr=f.repr, compare=f.compare))
+        for f in fields(cls)], slots=True)
+    cls.__init__ = twin.__init__
+    del cls.__setattr__
+    del cls.__delattr__
+
+
+def _plain_inits(namespace: dict[str, Any]) -> None:
+    """``_plain_init`` for every frozen dataclass defined in this module."""
+    for record in list(namespace.values()):
+        params = vars(record).get("__dataclass_params__") if isinstance(record, type) else None
+        if params is not None and params.frozen and record.__module__ == __name__:
+            _plain_init(record)
+
+
+_plain_inits(globals())

@@ -25,12 +25,13 @@ Rules that keep the model honest:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from ivshmem_model.model import chardev, pci
 from ivshmem_model.model import device as dev
-from ivshmem_model.model import pci
 from ivshmem_model.model import server as srv
 from ivshmem_model.model.actions import (
     SIZED_FD_KINDS,
@@ -82,6 +83,7 @@ from ivshmem_model.model.state import (
     Endpoint,
     Fate,
     FileObject,
+    MemBackend,
     Server,
     SystemState,
     sparse_get,
@@ -123,9 +125,15 @@ class Work:
 
     def __init__(self, state: SystemState) -> None:
         self.state = state
-        self.world = World(state.fds, state.objects, state.channels, state.server.up)
+        self.world = World(state.fds, state.objects, state.channels, state.server.up,
+                           *state._free)
         self.server = state.server
-        self.endpoints = list(state.endpoints)
+        self.endpoints = endpoints = list(state.endpoints)
+        # descriptors arriving in a process take its lowest free number (Fd.number)
+        self.world.process = state.config.process_of
+        # the list, not ``self``: a closure over ``self`` would make every step a reference
+        # cycle that only the cyclic garbage collector frees (measured: ~10% of a contrib step)
+        self.world.held = lambda m: endpoints[m].memdev_fds
         self.obs: list[Observation] = []
 
     def proc(self, e: int) -> Proc:
@@ -133,7 +141,7 @@ class Work:
         return Proc(
             self.world, e, self.state.variant, self.state.config.host.kvm_msi_irqfd,
             ep.kvm_routes, ep.irqfds, ep.fd_handlers, ep.faults,
-            self.state.config.host.big_endian,
+            self.state.config.host.big_endian, ep.chr_read, ep.chr_fd,
         )
 
     def store_proc(
@@ -150,7 +158,8 @@ class Work:
         if (device is ep.device and (fate is None or fate == ep.fate)
                 and (unplugged is None or unplugged == ep.unplugged)
                 and kvm_routes == ep.kvm_routes and irqfds == ep.irqfds
-                and fd_handlers == ep.fd_handlers and faults == ep.faults):
+                and fd_handlers == ep.fd_handlers and faults == ep.faults
+                and proc.chr_read == ep.chr_read and proc.chr_fd == ep.chr_fd):
             # Nothing changed: keep the very record (hashed once, compared by identity).  This
             # test names every field the record below takes from the step: keep them in step.
             return
@@ -168,6 +177,10 @@ class Work:
             launched=ep.launched,
             memdevs=ep.memdevs,
             stale_blockers=ep.stale_blockers,
+            chr_read=proc.chr_read,
+            chr_fd=proc.chr_fd,
+            backends=ep.backends,
+            memdev_fds=ep.memdev_fds,
         )
 
     def finish(
@@ -178,7 +191,16 @@ class Work:
         if fate is not None:
             proc.obs.append(fate.to_json())
         self.store_proc(e, proc, device, fate, unplugged)
+        if fate is not None:
+            self.share_fate(e, fate)
         return self.commit()
+
+    def share_fate(self, e: int, fate: Fate) -> None:
+        """One process, one fate (``config.processes``): the abort, crash, exit(1) or hang of
+        one device's code ends the QEMU process, so every device in it ends with it."""
+        for other in self.state.config.process_of(e):
+            if other != e and self.endpoints[other].fate is None:
+                self.endpoints[other] = replace(self.endpoints[other], fate=fate)
 
     def exit_process(self, e: int) -> None:
         """The process is gone: the kernel closes its descriptors and its socket."""
@@ -194,19 +216,24 @@ class Work:
     def commit(self) -> StepResult:
         fds, objects, channels = self.world.frozen()
         old = self.state
-        if (fds is old.fds and objects is old.objects and channels is old.channels
-                and self.server is old.server
-                and all(a is b for a, b in zip(self.endpoints, old.endpoints, strict=True))):
+        same_endpoints = all(map(operator.is_, self.endpoints, old.endpoints))
+        if (same_endpoints and fds is old.fds and objects is old.objects
+                and channels is old.channels and self.server is old.server):
             return old, self.obs  # a step that changed nothing: the very state (a self-loop)
         state = SystemState(
             server=self.server,
-            endpoints=tuple(self.endpoints),
+            # the very tuple when no endpoint changed (properties.invariants.Judge keys on it)
+            endpoints=old.endpoints if same_endpoints else tuple(self.endpoints),
             channels=channels,
             fds=fds,
             objects=objects,
             config=self.state.config,
             variant=self.state.variant,
         )
+        free = old._free  # shared while unchanged: a tuple per state would cost 56 bytes
+        if free[0] != self.world.free_fd or free[1] != self.world.free_object:
+            free = (self.world.free_fd, self.world.free_object)
+        object.__setattr__(state, "_free", free)
         if self.world.closed_any or self.server is not self.state.server:
             state = collect_garbage(state)
         return state, self.obs
@@ -217,6 +244,7 @@ def endpoint_descriptors(ep: Endpoint, refs: set[int]) -> set[int]:
     "none", included when present)."""
     refs.update(d for d, _ in ep.fd_handlers)
     refs.update(d for _, d in ep.irqfds)
+    refs.add(ep.chr_fd)
     device = ep.device
     if device is not None:
         for _, peer in device.peers:
@@ -251,10 +279,12 @@ def referenced_descriptors(state: SystemState) -> frozenset[int]:
 def collect_garbage(state: SystemState) -> SystemState:
     refs = referenced_descriptors(state)
     fds = list(state.fds)
+    free_fd, free_object = state._free
     changed = False
     for d, entry in enumerate(fds):
         if entry is not None and not entry.open and d not in refs:
             fds[d] = None
+            free_fd = min(free_fd, d)
             changed = True
     live_objects = {entry.obj for entry in fds if entry is not None}
     live_objects.add(state.server.shm_obj)
@@ -264,6 +294,7 @@ def collect_garbage(state: SystemState) -> SystemState:
     for o, obj in enumerate(objects):
         if obj is not None and o not in live_objects:
             objects[o] = None
+            free_object = min(free_object, o)
             changed = True
     if not changed:
         return state
@@ -271,7 +302,9 @@ def collect_garbage(state: SystemState) -> SystemState:
         fds.pop()
     while objects and objects[-1] is None:
         objects.pop()
-    return replace(state, fds=tuple(fds), objects=tuple(objects))
+    collected = replace(state, fds=tuple(fds), objects=tuple(objects))
+    object.__setattr__(collected, "_free", (free_fd, free_object))
+    return collected
 
 
 def _fate_of(exc: Abort | Crash | Exit | Hang) -> Fate:
@@ -393,14 +426,20 @@ def _garbage(state: SystemState, a: Garbage) -> StepResult | None:
 
 
 def _disconnect(state: SystemState, a: Disconnect) -> StepResult | None:
-    ep = state.endpoints[a.endpoint]
-    if not (ep.connected or ep.device is not None or ep.fate is not None or ep.unplugged):
+    """The process is killed: with ``config.processes``, every endpoint of it (each device's
+    chardev socket closes with it).  The contrib server frees each peer in turn
+    (S:421-427, S:74-93); its deletes to a socket of the same dead process meet EPIPE."""
+    group = state.config.process_of(a.endpoint)
+    if not any(ep.connected or ep.device is not None or ep.fate is not None or ep.unplugged
+               for ep in (state.endpoints[e] for e in group)):
         return None
     work = Work(state)
-    work.exit_process(a.endpoint)
+    for e in group:
+        work.exit_process(e)
     if state.config.server.policy == "contrib" and state.server.up:
-        work.server = srv.free_peer(work.server, work.world, a.endpoint, work.obs,
-                                    _limits(state))
+        limits = _limits(state, frozenset(group) if len(group) > 1 else frozenset())
+        for e in group:
+            work.server = srv.free_peer(work.server, work.world, e, work.obs, limits)
     return work.commit()
 
 
@@ -416,8 +455,9 @@ def _server_send(state: SystemState, a: ServerSend) -> StepResult | None:
     if ep.role == "client":
         _client_send(work, a.endpoint, a.value, attached)
     else:
-        # The chardev keeps the first descriptor and closes the others before the device
-        # reads the message (char-socket.c tcp_get_msgfds): only the first becomes an object.
+        # The chardev keeps the first descriptor and closes the others when the device takes
+        # it (char-socket.c tcp_get_msgfds): only the first becomes an object, the others are
+        # never seen (properties/conform.py ABSTRACTIONS: a message's second descriptor).
         obj = _new_fd_object(work, attached[0], size) if attached else None
         work.world.send(a.endpoint, a.value, obj)
     work.obs.append(srv.send_obs(a.endpoint, a.value, a.fd))
@@ -471,22 +511,43 @@ def _realize(state: SystemState, a: Realize) -> StepResult | None:
     chardev = a.prop("chardev") is True and a.prop("chardev_backend", "socket") == "socket"
     if chardev and not ep.connected:
         return None
+    group = state.config.process_of(a.endpoint)
+    launched = any(state.endpoints[m].launched for m in group)
+    named = a.prop("memdev")
+    owner, backend = _backend_named(state, group, named) if isinstance(named, str) \
+        else (-1, None)
     work = Work(state)
     proc = work.proc(a.endpoint)
     try:
         memdev = dev.memdev_name(a.endpoint, len(ep.memdevs))
-        s, error = dev.realize_device(proc, a.device, dict(a.props), memdev)
+        s, error = dev.realize_device(proc, a.device, dict(a.props), memdev, backend)
     except WouldBlock:
         return None
     except (Abort, Crash, Exit, Hang) as exc:
         return work.finish(a.endpoint, proc, None, _fate_of(exc))
+    made = dev.backend_created(a.device, dict(a.props), state.variant, memdev)
+    created = dev.memdev_created(a.device, dict(a.props), state.variant, memdev)
+    numbers = list(ep.memdev_fds)
+    for kind in created:  # the backend's descriptor, opened by -object/object-add
+        if kind in MEMDEV_FD_KIND:
+            numbers.append(work.world.number(a.endpoint))
+            work.endpoints[a.endpoint] = replace(work.endpoints[a.endpoint],
+                                                 memdev_fds=tuple(numbers))
     work.endpoints[a.endpoint] = replace(
-        ep, launched=True,
-        memdevs=ep.memdevs + dev.memdev_created(a.device, dict(a.props), state.variant, memdev),
-        stale_blockers=ep.stale_blockers + proc.blockers_left)
+        work.endpoints[a.endpoint], launched=True,
+        memdevs=ep.memdevs + created,
+        stale_blockers=ep.stale_blockers + proc.blockers_left,
+        backends=ep.backends + ((made,) if made is not None else ()))
+    for m in group:  # one process: a later realize of any of its endpoints is a device_add
+        if not work.endpoints[m].launched:
+            work.endpoints[m] = replace(work.endpoints[m], launched=True)
+    if s is not None and s.memdev:
+        # realize mapped the memdev (seed 914) and named its RAM block (966)
+        _set_backend(work, owner if backend is not None else a.endpoint, s.memdev,
+                     lambda b: replace(b, mapped=True, idstr=True, data=()))
     if s is None:
         proc.obs.append({"error": error})
-        if a.hotplug or ep.unplugged or ep.launched:
+        if a.hotplug or ep.unplugged or launched:
             # device_add into a running QEMU (asked for, or the process already runs): the
             # error goes back to the monitor, QEMU runs on (qdev_device_add's caller; a
             # command-line -device failure exits instead).
@@ -495,26 +556,58 @@ def _realize(state: SystemState, a: Realize) -> StepResult | None:
     return work.finish(a.endpoint, proc, s.freeze(), unplugged=False)
 
 
+def _backend_named(state: SystemState, group: tuple[int, ...], name: str
+                   ) -> tuple[int, MemBackend | None]:
+    """The memory backend of id ``name`` in the process of ``group``, and the endpoint whose
+    record holds it: QEMU's objects are per process, whichever device's realize made them."""
+    for m in group:
+        for backend in state.endpoints[m].backends:
+            if backend.name == name:
+                return m, backend
+    return -1, None
+
+
+def _set_backend(work: Work, owner: int, name: str,
+                 change: Callable[[MemBackend], MemBackend]) -> None:
+    ep = work.endpoints[owner]
+    work.endpoints[owner] = replace(ep, backends=tuple(
+        change(b) if b.name == name else b for b in ep.backends))
+
+
 def _deliver(state: SystemState, a: Deliver) -> StepResult | None:
     ep = state.endpoints[a.endpoint]
     channel = state.channels[a.endpoint]
     if not channel or not _alive(ep):
         return None
     if ep.role == "client":
+        if a.bytes:
+            return _client_read_short(state, a.endpoint)
         return _client_deliver(state, a.endpoint)
     if ep.device is None or not ep.device.chardev:
         return None
 
     def body(s: dev.IVShmemState) -> None:
-        if a.bytes:
-            dev.ivshmem_read_part(s, a.bytes)  # the message stays queued until complete
-            return
-        msg, fd = s.proc.world.pop_message(a.endpoint)
-        if fd >= 0:
-            s.proc.world.give(fd, a.endpoint)
-        dev.ivshmem_read(s, msg, fd)
+        # the chardev hands ivshmem_read what ivshmem_can_receive allows, or the part of it
+        # the server's write brought so far (deliver with bytes)
+        dev.ivshmem_read(s, chardev.tcp_chr_read(s.proc, dev.ivshmem_can_receive(s), a.bytes))
 
     return _run_device(state, a.endpoint, body)
+
+
+def _client_read_short(state: SystemState, e: int) -> StepResult | None:
+    """Part of a message reaches a plain client: ``ivshmem_client_read_one_msg`` takes what
+    one ``recvmsg`` returns, and fewer than 8 bytes fail it (C:46-51) with the stage's text
+    (``srv.client_read_failed``).  The message stays in the channel, as with any process
+    that failed."""
+    ep = state.endpoints[e]
+    if ep.client is None:
+        return None
+    work = Work(state)
+    error = srv.client_read_failed(ep.client)
+    fate = Fate("failed", error)
+    work.obs.extend([{"error": error}, fate.to_json()])
+    work.endpoints[e] = replace(ep, fate=fate)
+    return work.commit()
 
 
 def _client_deliver(state: SystemState, e: int) -> StepResult | None:
@@ -762,7 +855,32 @@ def _client_notify(state: SystemState, a: ClientNotify) -> StepResult | None:
     return work.commit()
 
 
+def _run_process(
+    state: SystemState, e: int, body: Callable[[dev.IVShmemState], None]
+) -> StepResult | None:
+    """Run ``body`` on every device of endpoint ``e``'s process (``config.processes``), in
+    endpoint order, as a machine-wide command does; the first that ends the process ends
+    the step.  ``None`` unless ``e`` has a live device."""
+    if not _device_ready(state.endpoints[e]):
+        return None
+    work = Work(state)
+    for m in state.config.process_of(e):
+        device = work.endpoints[m].device
+        if device is None:
+            continue
+        proc = work.proc(m)
+        s = dev.IVShmemState(proc, device)
+        try:
+            body(s)
+        except (Abort, Crash, Exit, Hang) as exc:
+            return work.finish(m, proc, s.freeze(), _fate_of(exc))
+        work.store_proc(m, proc, s.freeze())
+    return work.commit()
+
+
 def _reset(state: SystemState, a: Reset) -> StepResult | None:
+    """``system_reset`` (QMP): every device of the process resets (qemu_devices_reset), then
+    the guest programs each again."""
     def body(s: dev.IVShmemState) -> None:
         dev.ivshmem_reset(s)
         dev.pci_do_device_reset(s)
@@ -771,11 +889,18 @@ def _reset(state: SystemState, a: Reset) -> StepResult | None:
         if not was_mapped:
             dev.kvm_ioeventfds_commit(s)  # the guest maps BAR0 again
 
-    return _run_device(state, a.endpoint, body)
+    return _run_process(state, a.endpoint, body)
 
 
 def _unplug(state: SystemState, a: Unplug) -> StepResult | None:
-    result = _run_device(state, a.endpoint, dev.pci_qdev_unrealize)
+    unregistered = False
+
+    def unrealize(s: dev.IVShmemState) -> None:
+        nonlocal unregistered
+        dev.pci_qdev_unrealize(s)
+        unregistered = s.ram_unregistered
+
+    result = _run_device(state, a.endpoint, unrealize)
     if result is None:
         return None
     after, obs = result
@@ -784,6 +909,18 @@ def _unplug(state: SystemState, a: Unplug) -> StepResult | None:
         return result
     endpoints = list(after.endpoints)
     endpoints[a.endpoint] = replace(ep, device=None, unplugged=True)
+    device = state.endpoints[a.endpoint].device
+    assert device is not None
+    if device.memdev:
+        # ivshmem_exit unmaps the memdev (seed 997-999); the backend keeps its bytes, and its
+        # RAM block's id unless exit unregistered it (994: not on unplug, BAR2 is unmapped)
+        for m in state.config.process_of(a.endpoint):
+            owner = endpoints[m]
+            if any(b.name == device.memdev for b in owner.backends):
+                endpoints[m] = replace(owner, backends=tuple(
+                    replace(b, mapped=False, data=device.hostmem_data,
+                            idstr=b.idstr and not unregistered)
+                    if b.name == device.memdev else b for b in owner.backends))
     return collect_garbage(replace(after, endpoints=tuple(endpoints))), obs
 
 
@@ -791,12 +928,14 @@ def _migrate(state: SystemState, a: Migrate) -> StepResult | None:
     ep = state.endpoints[a.endpoint]
     if not _device_ready(ep):
         return None
-    assert ep.device is not None
-    if ep.device.migration_blocker or ep.stale_blockers:
+    # blockers are the process's (migrate_add_blocker): any of its devices' blocks it
+    group = [state.endpoints[m] for m in state.config.process_of(a.endpoint)]
+    if any(m.stale_blockers or (m.device is not None and m.device.migration_blocker)
+           for m in group):
         work = Work(state)
         work.obs.append({"error": dev.MIGRATION_BLOCKER_TEXT})
         return work.commit()
-    return _run_device(state, a.endpoint, dev.ivshmem_migrate)
+    return _run_process(state, a.endpoint, dev.ivshmem_migrate)
 
 
 # How /proc/PID/fd names each kind of object (``readlink``): what ``fd_count`` reports.  The
@@ -808,19 +947,21 @@ MEMDEV_FD_KIND = {"memfd": "memfd", "file": "file"}  # a ram backend holds no de
 
 def _fd_count(state: SystemState, a: FdCount) -> StepResult | None:
     """The descriptors the process holds for the device and its peers, by kind: every open
-    descriptor it owns, plus each memory backend's own (they outlive unplug)."""
+    descriptor it owns, plus each memory backend's own (they outlive unplug).  A process of
+    several endpoints (``config.processes``) has one descriptor table: the sum of theirs."""
     ep = state.endpoints[a.endpoint]
     if ep.role != "qemu" or not ep.launched or not _alive(ep):
         return None
+    group = state.config.process_of(a.endpoint)
     counts: dict[str, int] = {}
     shm_kind = "file" if state.config.server.policy == "contrib" else "memfd"
     for entry in state.fds:
-        if entry is not None and entry.open and entry.owner == a.endpoint:
+        if entry is not None and entry.open and entry.owner in group:
             obj = state.objects[entry.obj]
             assert obj is not None
             kind = shm_kind if obj.kind == "shm" else PROC_FD_KIND[obj.kind]
             counts[kind] = counts.get(kind, 0) + 1
-    for backend in ep.memdevs:
+    for backend in (b for m in group for b in state.endpoints[m].memdevs):
         if backend in MEMDEV_FD_KIND:
             kind = MEMDEV_FD_KIND[backend]
             counts[kind] = counts.get(kind, 0) + 1
@@ -889,7 +1030,34 @@ def step(state: SystemState, action: Action) -> StepResult | None:
     endpoint = getattr(action, "endpoint", 0)
     if not 0 <= endpoint < len(state.endpoints):
         return None
-    return HANDLERS[type(action)](state, action)
+    result = HANDLERS[type(action)](state, action)
+    if result is None:
+        return None
+    return _main_loop(result, endpoint)
+
+
+def _closed(state: SystemState, d: int) -> bool:
+    entry = state.fds[d] if 0 <= d < len(state.fds) else None
+    return entry is not None and not entry.open
+
+
+def _main_loop(result: StepResult, e: int) -> StepResult:
+    """Endpoint ``e``'s process polls its fd handlers after the step, as QEMU's main loop does
+    between two commands: a handler an unplugged device left behind runs if its number now
+    belongs to a readable descriptor (``dev.stale_fd_handler_poll``)."""
+    state, obs = result
+    for m in state.config.process_of(e):
+        ep = state.endpoints[m]
+        if ep.fate is not None or not any(_closed(state, d) for d, _ in ep.fd_handlers):
+            continue  # no handler on a closed descriptor: nothing stale to poll
+        work = Work(state)
+        proc = work.proc(m)
+        try:
+            dev.stale_fd_handler_poll(proc, ep.device)
+        except Crash as exc:
+            after, more = work.finish(m, proc, ep.device, _fate_of(exc))
+            return after, obs + more
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -269,6 +269,15 @@ class Variant:
         "opaque.  QEMU 7.2.22 and 10.0.13 crash (SIGSEGV) when an ivshmem-plain with a memfd "
         "memdev is hot-plugged after such an unplug.  Remove the handler before closing",
     )
+    exit_unregisters_ram: bool = flag(
+        "proposed", "966, 980-995 (physmem.c qemu_ram_set_idstr)",
+        "ivshmem_exit unregisters BAR2's RAM block id (vmstate_unregister_ram, 994) only while "
+        "BAR2 is mapped (980), and on unplug the PCI core has unmapped it before exit: a "
+        "memdev's RAM block, which outlives the device, keeps the id realize gave it (966), and "
+        "the next device realized on that memdev aborts in qemu_ram_set_idstr (QEMU 7.2.22 and "
+        "10.0.13: '!new_block->idstr[0]').  Unregister it unconditionally, as realize always "
+        "registered it",
+    )
     recv_msg_eof_is_error: bool = flag(
         "proposed", "660-672",
         "on a closed socket qemu_chr_fe_read_all returns 0 and ivshmem_recv_msg loops forever: "
@@ -333,6 +342,7 @@ FIXED = replace(
     recv_setup_closes_fd=True,
     bar2_size_checked=True,
     close_removes_fd_handler=True,
+    exit_unregisters_ram=True,
 )
 
 BEFORE_COMMITS = (

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ivshmem_model.model.actions import (
@@ -59,6 +59,9 @@ UNOBSERVABLE: dict[str, str] = {
     "fault": "a misuse that does not end the process (a close of a closed fd) leaves no trace "
              "QEMU prints",
     "intx": "the legacy device's INTx line does not exist in QEMU 7.2",
+    "dropped": "a message the server sends to a socket whose process is gone (a process of "
+               "several endpoints ending) is refused by the kernel and ignored by the server: "
+               "nothing outside shows it",
 }
 
 ABSTRACTIONS: tuple[tuple[str, str], ...] = (
@@ -78,12 +81,31 @@ ABSTRACTIONS: tuple[tuple[str, str], ...] = (
     ("message order across endpoints",
      "the sends of one step are compared as a multiset: the server's order per peer is the "
      "model's, the interleaving between sockets is the kernel's"),
-    ("a torn message",
-     "a device unplugged while it holds part of a message (deliver with bytes) leaves the rest "
-     "of it in the socket, and the chardev keeps the descriptors that came with the first "
-     "bytes: the next device reads from mid-message and takes those descriptors (QEMU 7.2.22: "
-     "'server sent invalid version message').  The model's next reader starts at the "
-     "message's first byte, so campaigns do not unplug a device holding part of one"),
+    ("a plain client's end of file",
+     "QEMU's C ivshmem-client reads end of file once the server has closed its socket (the "
+     "server exited, or dropped it for the bytes it wrote: garbage) and it has read what was "
+     "queued: 'cannot read message', then it reconnects (main.c:220-237).  The model's "
+     "client has no end of file (it keeps what was queued and gets nothing more), so "
+     "campaigns draw neither server_exit while a plain client is connected nor garbage"),
+    ("a plain client's failure",
+     "the C client closes everything and connects again after a failure (main.c:220-237); "
+     "the model's client fails for good (fate failed) and the server keeps its peer, so the "
+     "backend ends the process at the failure and keeps its connection to the server"),
+    ("a migration destination",
+     "the model loads a migrated master into a destination realized against the same server "
+     "with the same ID and eventfds (model.device.ivshmem_migrate); a real destination's "
+     "chardev connects to the server itself, gets a new ID, and the server announces it to "
+     "every peer.  The backend hands the destination's chardev what the source was handed "
+     "(version, ID, shared memory, every peer's eventfds and its own: the same kernel "
+     "objects) and keeps the source's connection to the server (model/executor/qemu/"
+     "migration.py)"),
+    ("a message's second descriptor",
+     "a message may carry several descriptors; the chardev keeps them all until the device "
+     "takes the first, then closes the others (char-socket.c tcp_get_msgfds).  A message holds "
+     "one descriptor in the model, the others closed as it is sent, so between the parts of "
+     "such a message (deliver with bytes) an fd_count shows the others on QEMU only; campaigns "
+     "seldom meet it (a hostile server_send with extra_fds, then deliver with bytes, then "
+     "fd_count)"),
     ("BARs moved onto each other",
      "the guest's accesses go to where the driver placed each BAR (model/pci.py); a BAR the "
      "guest moves onto another BAR's address is not modelled, and campaigns move BARs only to "
@@ -100,6 +122,42 @@ ABSTRACTIONS: tuple[tuple[str, str], ...] = (
      "a PBA write is logged with -d guest_errors only (no output otherwise), a memory backend "
      "must be a whole number of pages (memdev sizes here are powers of 2 of 4 KiB and more), "
      "and device_add checks argument types (the backend passes typed values to both)"),
+    ("a process's later devices (config.processes)",
+     "the guest places the k-th device of a process in slot 4+k with its BARs below the "
+     "first's (machine.BAR_STRIDE, a later BAR2 at most 256 MiB); the model knows one guest "
+     "layout, so the backend shows a later device's BAR registers at the first device's "
+     "addresses, and a trace writes those addresses to place it at its own"),
+    ("per-device host tables in a shared process",
+     "a process of several devices has one descriptor table, one main loop and one KVM VM; "
+     "the model keeps each device's descriptors, fd handlers, KVM routes and irqfds in its "
+     "endpoint's record (fd_count sums the process's).  Nothing a property reads changes: "
+     "descriptor numbers in device state are identities here, not POSIX numbers (the "
+     "model numbers them system-wide; Fd.number is the POSIX number, counted per process "
+     "over all its devices), routes are named by vector per device (QEMU allocates GSIs "
+     "from one per-VM pool: the numbers differ, the count per device does not), and a "
+     "device attaches irqfds only to its own vectors' eventfds, which the server made for "
+     "it alone, so KVM's per-VM -EBUSY never meets another device's irqfd"),
+    ("reset order in a shared process",
+     "system_reset resets the process's devices in the tree's order (the last plugged first: "
+     "qdev.c bus_add_child inserts at the head, bus.c bus_reset_child_foreach walks from it; "
+     "every device's own reset before the PCI bus's); the model resets them in endpoint "
+     "order, each completely: the order shows only when a reset ends the process, and the "
+     "fate is then the process's either way"),
+    ("a stale fd handler's number",
+     "QEMU's main loop watches a handler's descriptor by number; the handler ivshmem_exit "
+     "leaves (seed 1001-1012) runs with its freed opaque once the number belongs to a "
+     "readable descriptor again.  The model gives each descriptor a process its POSIX number "
+     "(Fd.number: the lowest free, counted from the first descriptor the model knows of, "
+     "QEMU's own being opened at launch below it) and predicts that crash "
+     "(model.device.stale_fd_handler_poll).  What it leaves out: while the number is closed "
+     "QEMU's poll returns POLLNVAL at once and the main loop spins, which qtest does not "
+     "see; a handler whose device lives on (its own eventfd closed by a peer's leave) "
+     "reading the descriptor that took the number (the model keeps descriptor identities "
+     "in device state, so that use is a fault instead); a doorbell from another process to "
+     "a descriptor a stale handler watches, which the model sees at the owner's next step, "
+     "QEMU at its handle_irq (the backend's stand-ins); and the RCU thread's delay: QEMU "
+     "closes an unplugged device's RAM block fd 10-60 ms after device_del, the model at "
+     "unplug, so the backend's unplug waits for it (machine.Machine.drain_rcu)"),
     ("undefined behaviour",
      "a read past an array or a write into freed memory is undefined behaviour: the model "
      "ends the process there (crashed: out_of_bounds / use_after_free); QEMU agrees when it "
@@ -347,7 +405,7 @@ def random_walk(config: Config, length: int, rng: random.Random,
                 steps.append(extra)
                 state = result[0]
                 continue
-        choices = [c for c in successors(state) if not _tears_a_message(state, c[0])]
+        choices = [c for c in successors(state) if not _ends_a_clients_stream(state, c[0])]
         if not choices:
             break
         weights = [ENDING_WEIGHT if a.name in ENDINGS else 1.0 for a, _s, _o in choices]
@@ -356,12 +414,13 @@ def random_walk(config: Config, length: int, rng: random.Random,
     return Trace(config, tuple(steps))
 
 
-def _tears_a_message(state: SystemState, action: Action) -> bool:
-    """An unplug while the device holds part of a message (ABSTRACTIONS: a torn message)."""
-    if action.name != "unplug":
-        return False
-    device = state.endpoints[action.endpoint].device  # type: ignore[attr-defined]
-    return device is not None and device.msg_buffered_bytes > 0
+def _ends_a_clients_stream(state: SystemState, action: Action) -> bool:
+    """A server exit while a plain client is connected, or a client's garbage: its socket
+    then ends (ABSTRACTIONS: a plain client's end of file)."""
+    if action.name == "garbage":
+        return True
+    return action.name == "server_exit" and any(
+        ep.role == "client" and ep.connected and ep.fate is None for ep in state.endpoints)
 
 
 # Actions that end a process or the server: drawn less often, so that walks get far enough
@@ -397,6 +456,11 @@ def off_menu_action(state: SystemState, rng: random.Random) -> Action | None:
     if device is None:
         if state.endpoints[e].role != "qemu" or rng.random() < 0.5:
             return None
+        named = [b.name for m in state.config.process_of(e) for b in state.endpoints[m].backends]
+        if state.config.processes and named and rng.random() < 0.3:
+            # a memory backend of the process by name (only grouped walks draw this, so the
+            # walks of a seed without groups stay what they were)
+            return Realize(e, "ivshmem-plain", (("memdev", rng.choice(named)),))
         props = (("memdev_backend", rng.choice(MEMORY_BACKENDS)),
                  ("memdev_share", rng.random() < 0.5),
                  ("memdev_size", rng.choice((4096, 5000, 12288, 65536))))
@@ -421,15 +485,33 @@ def off_menu_action(state: SystemState, rng: random.Random) -> Action | None:
     return ShmWrite(e, offset, rng.getrandbits(8 * size), size)
 
 
+GROUP_SHARE = 0.25  # walks run again with endpoints 0 and 1 as one QEMU (config.processes)
+
+
+def one_process(config: Config) -> Config | None:
+    """``config`` with endpoints 0 and 1 in one process, when both are QEMUs and the
+    configuration groups none."""
+    if config.processes or config.endpoints < 2 or {0, 1} & set(config.clients):
+        return None
+    return replace(config, processes=((0, 1),))
+
+
 def campaign(configs: list[Config], count: int, length: int, seed: int, backend: QemuBackend,
              variant: str = "qemu-7.2") -> list[tuple[Trace, Verdict]]:
-    """``count`` random walks per configuration, each run on both sides."""
+    """``count`` random walks per configuration, each run on both sides; besides, about a
+    quarter as many with endpoints 0 and 1 in one process, drawn from a generator of their
+    own so that a seed's other walks are what they were before."""
     rng = random.Random(seed)
+    grouped = random.Random(f"processes-{seed}")
     out = []
     for config in configs:
+        together = one_process(config)
         for _ in range(count):
             trace = random_walk(config, length, rng, variant)
             out.append((trace, conform(trace, backend, variant)))
+            if together is not None and grouped.random() < GROUP_SHARE:
+                trace = random_walk(together, length, grouped, variant)
+                out.append((trace, conform(trace, backend, variant)))
     return out
 
 

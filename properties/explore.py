@@ -13,7 +13,9 @@ search keeps its parent's number and the position of its action in ``candidates(
 (12 bytes), and only the current and the next level's concrete states.  States of the last
 level (the depth bound) are judged and counted but not kept.  A step that changes nothing
 returns the very state (``model/system.py Work.commit``) and is skipped before any
-canonicalization or lookup.
+canonicalization or lookup.  New states are judged by ``properties.invariants.Judge``, which
+reuses the verdicts of the properties that read only endpoint records when a step changed
+none (the same findings as ``violations``); a witness is looked for until one is found.
 
 Paths are actions only.  The frontier holds the *concrete* states reached; the stored state
 is keyed by representative and its parent link names the concrete action applied to the
@@ -34,10 +36,12 @@ coverage, the graph and sleep sets are one-process options.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import time
 from array import array
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,7 +49,7 @@ from ivshmem_model.model.actions import Action, Config, Trace
 from ivshmem_model.model.state import SystemState
 from ivshmem_model.model.system import candidates, initial_state, step
 from ivshmem_model.model.variants import Variant
-from ivshmem_model.properties.invariants import PROPERTIES, site_of, violations
+from ivshmem_model.properties.invariants import PROPERTIES, Judge, Property, site_of, violations
 from ivshmem_model.properties.por import Footprints, Sleep, intersect, offered
 from ivshmem_model.properties.symmetry import representative
 from ivshmem_model.properties.trace import run_trace
@@ -122,10 +126,10 @@ def fingerprint(key: Key) -> int:
     return hash(key)
 
 
-def _witnessed(obs: list[dict[str, Any]]) -> list[str]:
+def _witnessed(obs: list[dict[str, Any]], among: tuple[Property, ...] = SOMETIMES) -> list[str]:
     if not obs:
         return []
-    return [p.name for p in SOMETIMES if p.witness is not None and p.witness(obs)]
+    return [p.name for p in among if p.witness is not None and p.witness(obs)]
 
 
 class _Search:
@@ -226,19 +230,38 @@ def explore(
         from ivshmem_model.properties.distributed import explore_distributed
 
         return explore_distributed(config, variant, options, progress)
-    if options.coverage:
-        from ivshmem_model.properties.coverage import Recorder
+    with levels_frozen() as freezing:
+        if options.coverage:
+            from ivshmem_model.properties.coverage import Recorder
 
-        with Recorder() as recorder:
-            search = _explore_one(config, variant, options, progress, recorder.actions)
-        search.result.coverage = recorder.result()
-        return search.finish()
-    return _explore_one(config, variant, options, progress, None).finish()
+            with Recorder() as recorder:
+                search = _explore_one(config, variant, options, progress, recorder.actions,
+                                      freezing)
+            search.result.coverage = recorder.result()
+            return search.finish()
+        return _explore_one(config, variant, options, progress, None, freezing).finish()
+
+
+@contextlib.contextmanager
+def levels_frozen() -> Iterator[bool]:
+    """Whether the search may move what each level leaves alive into the cyclic collector's
+    permanent generation (``gc.freeze``), and everything back at the end.  States are trees
+    of records and tuples, freed by reference counting; yet each full collection walks every
+    live one again: 15-20% of a one-minute search, its frontier at 10**5 states.  Young
+    garbage, cycles included, is still collected.  Not when the caller froze objects itself
+    (``gc.unfreeze`` would release its own too)."""
+    freezing = not gc.get_freeze_count()
+    try:
+        yield freezing
+    finally:
+        if freezing:
+            gc.unfreeze()
 
 
 def _explore_one(
     config: Config, variant: Variant, options: ExploreOptions,
     progress: Callable[[ExploreResult, int], None] | None, enabled_names: set[str] | None,
+    freezing: bool = False,
 ) -> _Search:
     """Level by level: ``frontier`` holds the concrete states of one depth with their serials
     and sleep sets.  The seen set holds fingerprints (or, with ``fingerprints=False``, the
@@ -261,10 +284,14 @@ def _explore_one(
         graph = result.graph = nx.DiGraph()
         graph.add_node(0, state=init, depth=0)
     result.states = 1
-    search.judge(root, violations(init))
+    judged = Judge()  # violations(), reusing verdicts on unchanged endpoint records
+    unwitnessed = SOMETIMES  # only the first witness of each is kept: stop asking once found
+    search.judge(root, judged(init))
     frontier: list[tuple[SystemState, int, Sleep]] = [(init, root, {})]
     depth = 0
     while frontier:
+        if freezing:
+            gc.freeze()  # the levels so far: out of the collector's way (levels_frozen)
         result.depth = depth
         if depth >= options.max_depth:
             result.complete = False
@@ -292,10 +319,11 @@ def _explore_one(
                 result.transitions += 1
                 if enabled_names is not None:
                     enabled_names.add(action.name)
-                if obs:
-                    names = _witnessed(obs)
+                if obs and unwitnessed:
+                    names = _witnessed(obs, unwitnessed)
                     if names:
                         search.witness(serial, action, names)
+                        unwitnessed = tuple(p for p in unwitnessed if p.name not in names)
                 if sleeping is not None:
                     reads, changed = sleeping.of(state, action, nxt, reads_here)
                 if nxt is state:  # a step that changed nothing: a self-loop, already seen
@@ -323,7 +351,7 @@ def _explore_one(
                 seen.add(mark)
                 nserial = search.add(serial, position)
                 result.states += 1
-                search.judge(nserial, violations(nxt))
+                search.judge(nserial, judged(nxt))
                 if last:
                     beyond += 1
                     continue

@@ -29,6 +29,10 @@ class Property:
     doc: str
     check: Callable[[SystemState], str | None] | None = None
     witness: Callable[[list[Observation]], bool] | None = None
+    # The check reads only ``state.endpoints`` and ``state.config``: :class:`Judge` reuses its
+    # verdict for states with the same endpoint records (tests/test_properties.py holds every
+    # such check to it on reachable states).
+    local: bool = False
 
 
 def _running(state: SystemState) -> Iterator[tuple[int, Endpoint]]:
@@ -318,27 +322,31 @@ def _has(kind: str) -> Callable[[list[Observation]], bool]:
 
 
 PROPERTIES: tuple[Property, ...] = (
-    Property("vector_bounds", "always", vector_bounds.__doc__ or "", check=vector_bounds),
-    Property("mask_balance", "always", mask_balance.__doc__ or "", check=mask_balance),
-    Property("route_balance", "always", route_balance.__doc__ or "", check=route_balance),
-    Property("memory_safety", "always", memory_safety.__doc__ or "", check=memory_safety),
-    Property("no_abort", "always", no_abort.__doc__ or "", check=no_abort),
+    Property("vector_bounds", "always", vector_bounds.__doc__ or "", check=vector_bounds,
+             local=True),
+    Property("mask_balance", "always", mask_balance.__doc__ or "", check=mask_balance, local=True),
+    Property("route_balance", "always", route_balance.__doc__ or "", check=route_balance,
+             local=True),
+    Property("memory_safety", "always", memory_safety.__doc__ or "", check=memory_safety,
+             local=True),
+    Property("no_abort", "always", no_abort.__doc__ or "", check=no_abort, local=True),
     Property("fd_conservation", "always", fd_conservation.__doc__ or "", check=fd_conservation),
     Property("peer_view", "always", peer_view.__doc__ or "", check=peer_view),
-    Property("id_unique", "always", id_unique.__doc__ or "", check=id_unique),
+    Property("id_unique", "always", id_unique.__doc__ or "", check=id_unique, local=True),
     Property("ivposition", "always", ivposition.__doc__ or "", check=ivposition),
-    Property("intx_rule", "always", intx_rule.__doc__ or "", check=intx_rule),
-    Property("master_unique", "always", master_unique.__doc__ or "", check=master_unique),
-    Property("no_hang", "always", no_hang.__doc__ or "", check=no_hang),
-    Property("msi_rule", "always", msi_rule.__doc__ or "", check=msi_rule),
-    Property("bar2_width", "always", bar2_width.__doc__ or "", check=bar2_width),
+    Property("intx_rule", "always", intx_rule.__doc__ or "", check=intx_rule, local=True),
+    Property("master_unique", "always", master_unique.__doc__ or "", check=master_unique,
+             local=True),
+    Property("no_hang", "always", no_hang.__doc__ or "", check=no_hang, local=True),
+    Property("msi_rule", "always", msi_rule.__doc__ or "", check=msi_rule, local=True),
+    Property("bar2_width", "always", bar2_width.__doc__ or "", check=bar2_width, local=True),
     Property("protocol_agreement", "always", protocol_agreement.__doc__ or "",
-             check=protocol_agreement),
+             check=protocol_agreement, local=True),
     Property("migration_blockers", "always", migration_blockers.__doc__ or "",
-             check=migration_blockers),
+             check=migration_blockers, local=True),
     Property("serves_on", "always", serves_on.__doc__ or "", check=serves_on),
     Property("own_vectors_watched", "always", own_vectors_watched.__doc__ or "",
-             check=own_vectors_watched),
+             check=own_vectors_watched, local=True),
     Property(
         "doorbell_reaches_msi", "sometimes",
         "Some step delivers an MSI to a guest: the model can ring a doorbell end to end.",
@@ -358,6 +366,9 @@ PROPERTIES: tuple[Property, ...] = (
 
 SAFETY: tuple[Property, ...] = tuple(p for p in PROPERTIES if p.expectation == "always")
 BY_NAME: dict[str, Property] = {p.name: p for p in PROPERTIES}
+_LOCAL: tuple[Property, ...] = tuple(p for p in SAFETY if p.local)
+_GLOBAL: tuple[Property, ...] = tuple(p for p in SAFETY if not p.local)
+_ORDER: dict[str, int] = {p.name: i for i, p in enumerate(SAFETY)}
 
 
 _SITE = re.compile(r" at (seed \d+|[\w.]+\.c [\w]+):")
@@ -380,3 +391,42 @@ def violations(state: SystemState) -> list[tuple[str, str]]:
         if message is not None:
             out.append((prop.name, message))
     return out
+
+
+class Judge:
+    """``violations`` for a search that judges many states of one configuration: the
+    verdicts of the ``local`` properties are kept per tuple of endpoint records, so a state
+    whose step changed no endpoint (a server's send, a delivery that only queues) has only
+    the others checked.  The same list, in the same order, as ``violations``."""
+
+    LIMIT = 64  # verdicts kept, the oldest dropped first
+
+    def __init__(self) -> None:
+        self._config: object = None
+        self._memo: dict[tuple[Endpoint, ...], dict[str, str]] = {}
+
+    def __call__(self, state: SystemState) -> list[tuple[str, str]]:
+        if state.config is not self._config:
+            self._memo.clear()
+            self._config = state.config
+        local = self._memo.get(state.endpoints)
+        if local is None:
+            if len(self._memo) >= self.LIMIT:
+                del self._memo[next(iter(self._memo))]
+            local = {}
+            for prop in _LOCAL:
+                assert prop.check is not None
+                message = prop.check(state)
+                if message is not None:
+                    local[prop.name] = message
+            self._memo[state.endpoints] = local
+        out = []
+        for prop in _GLOBAL:
+            assert prop.check is not None
+            message = prop.check(state)
+            if message is not None:
+                out.append((prop.name, message))
+        if local:
+            out.extend(local.items())
+            out.sort(key=lambda found: _ORDER[found[0]])
+        return out

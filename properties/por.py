@@ -242,15 +242,20 @@ class Footprints:
         changed = self.delta(x, y)
         endpoint: int | None = getattr(action, "endpoint", None)
         kind = type(action)
+        # an action of a process of several endpoints (config.processes) reads and writes
+        # all of theirs: its fate, system_reset, disconnect, launched, fd_count, memdevs
+        group = x.config.process_of(endpoint) if endpoint is not None else ()
         if endpoint is None or kind in GLOBAL:
             reads = self.collector(x)
-            if endpoint is not None:
-                reads |= 1 << endpoint | 1 << 2 * self.n + endpoint
+            for m in group:
+                reads |= 1 << m | 1 << 2 * self.n + m
         else:
-            masks = cache.get(endpoint)
-            if masks is None:
-                masks = cache[endpoint] = self.reads(x, endpoint)
-            reads = (masks[1] if kind in CHANNEL else masks[0]) | (changed & self.alloc)
+            reads = changed & self.alloc
+            for m in group:
+                masks = cache.get(m)
+                if masks is None:
+                    masks = cache[m] = self.reads(x, m)
+                reads |= masks[1] if kind in CHANNEL else masks[0]
             if may_collect(x, y):
                 reads |= self.collector(x)
         if changed & ~reads:

@@ -66,8 +66,14 @@ from ivshmem_model.model.state import IN_FLIGHT, Fd, Server, ServerPeer, SystemS
 
 
 def endpoint_classes(state: SystemState) -> tuple[tuple[int, ...], ...]:
-    """The index sets whose endpoints may be permuted among themselves (same role)."""
-    return _classes(len(state.endpoints), state.config.clients)
+    """The index sets whose endpoints may be permuted among themselves (same role).  An
+    endpoint that shares its process with others (``config.processes``) is not exchanged
+    with anything: it stays where it is."""
+    grouped = {e for group in state.config.processes for e in group}
+    if not grouped:
+        return _classes(len(state.endpoints), state.config.clients)
+    return tuple(kept for c in _classes(len(state.endpoints), state.config.clients)
+                 if len(kept := tuple(e for e in c if e not in grouped)) > 1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,6 +89,22 @@ def canonical_order(state: SystemState) -> list[int]:
     classes = endpoint_classes(state)
     if not classes:
         return order
+    # The key below starts with the record's hash: where those differ within every class
+    # they alone decide the order, and the rest of the key need not be built.
+    for members in classes:
+        hashes = {hash(endpoints[e]) for e in members}
+        if len(hashes) < len(members):
+            return _order_by_keys(state, classes, order)
+        for slot, e in zip(members, sorted(members, key=lambda e: hash(endpoints[e])),
+                           strict=True):
+            order[slot] = e
+    return order
+
+
+def _order_by_keys(state: SystemState, classes: tuple[tuple[int, ...], ...],
+                   order: list[int]) -> list[int]:
+    """``canonical_order`` with the whole key."""
+    endpoints = state.endpoints
     owned: list[list[tuple[int, int, bool]]] = [[] for _ in endpoints]
     for d, entry in enumerate(state.fds):
         if entry is not None and entry.owner != IN_FLIGHT:

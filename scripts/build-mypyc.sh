@@ -25,7 +25,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODULES=(
     model/system.py model/device.py model/msix.py model/pci.py
-    model/proc.py model/server.py
+    model/proc.py model/server.py model/chardev.py
     properties/symmetry.py properties/explore.py properties/por.py
 )
 digest() { (cd "$ROOT" && cat "${MODULES[@]}" | sha256sum | cut -d' ' -f1); }

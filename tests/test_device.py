@@ -394,7 +394,7 @@ def test_a_message_in_parts_is_buffered_until_its_eighth_byte() -> None:
     device = state.endpoints[0].device
     assert device is not None and device.msg_buffered_bytes == 7
     assert 0 not in dict(device.peers)  # nothing filed yet (the slot is still the default)
-    assert len(state.channels[0]) == 2  # the message waits whole in the channel
+    assert len(state.channels[0]) == 2  # its last byte waits in the channel
     state = play(config, *setup, Deliver(0, 3), Deliver(0, 4), Deliver(0))
     device = state.endpoints[0].device
     assert device is not None and device.msg_buffered_bytes == 0

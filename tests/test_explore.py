@@ -9,9 +9,20 @@ import dataclasses
 import pytest
 from helpers import contrib, doorbell, play, scripted
 
-from ivshmem_model.model.actions import Connect, Deliver, MmioRead, MsixEnable, Trace
+from ivshmem_model.model.actions import (
+    Connect,
+    Deliver,
+    MmioRead,
+    MsixEnable,
+    Realize,
+    ShmRead,
+    ShmWrite,
+    Trace,
+    Unplug,
+)
 from ivshmem_model.model.system import step
-from ivshmem_model.model.variants import FIXED, SEED
+from ivshmem_model.model.variants import FIXED, QEMU_7_2, QEMU_10_0, SEED
+from ivshmem_model.properties.configs import embedded_configs
 from ivshmem_model.properties.explore import ExploreOptions, compiled, explore
 from ivshmem_model.properties.invariants import site_of, violations
 from ivshmem_model.properties.trace import run_trace
@@ -33,6 +44,28 @@ def test_fixed_is_clean_within_bounds() -> None:
     for config in (contrib(endpoints=1), scripted(), contrib(endpoints=1, irqfd=True)):
         assert explore(config, FIXED, ExploreOptions(max_depth=5)).found == {}
 
+
+
+def test_the_memdev_replug_abort_is_found_unaided_and_fixed_lets_the_next_device_map_it(
+) -> None:
+    """``memdev-replug``: realize on a fresh backend, unplug, realize on that backend by name
+    aborts in qemu_ram_set_idstr (exit left the RAM block's id), the shortest path; under
+    ``fixed`` exit unregisters the id and the second device maps the backend's bytes."""
+    named = {n.name: n for n in embedded_configs()}["memdev-replug"]
+    options = ExploreOptions(max_depth=named.depth)
+    for variant in (SEED, QEMU_7_2, QEMU_10_0):
+        found = explore(named.config, variant, options).found
+        lengths = {k: len(f.path) for k, f in found.items()}
+        assert lengths[("no_abort", "physmem.c qemu_ram_set_idstr")] == 3, variant.name
+    assert explore(named.config, FIXED, options).found == {}
+    again = Realize(0, "ivshmem-plain", (("memdev", "m0-1"),))
+    steps = (Realize(0, "ivshmem-plain", (("memdev_size", 4096),)), ShmWrite(0, 0, 7),
+             Unplug(0), again, ShmRead(0, 0))
+    fixed = run_trace(Trace(named.config, steps), FIXED)
+    assert fixed.steps[4].observations == [{"read": 7}]
+    assert fixed.final is not None and fixed.final.endpoints[0].backends[0].idstr
+    violation = run_trace(Trace(named.config, steps), QEMU_7_2).first("no_abort")
+    assert violation is not None and violation.step == 3
 
 def test_the_model_can_ring_a_doorbell_end_to_end() -> None:
     result = explore(contrib(endpoints=2), FIXED, ExploreOptions(max_depth=7))
@@ -117,3 +150,22 @@ def test_a_step_that_changes_nothing_returns_the_very_state() -> None:
     assert read is not None and read[0] is state
     enabled = step(state, MsixEnable(0, True))
     assert enabled is not None and enabled[0] is not state and enabled[0] != state
+
+
+
+def test_a_search_leaves_the_garbage_collector_as_it_found_it() -> None:
+    """``explore`` freezes each level's survivors (``levels_frozen``) and unfreezes them at
+    the end; a caller's own frozen objects stay frozen and nothing of theirs is released."""
+    import gc
+
+    config = {n.name: n for n in embedded_configs()}["contrib-tcg"].config
+    assert gc.get_freeze_count() == 0
+    explore(config, SEED, ExploreOptions(max_depth=5, symmetry=True))
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        explore(config, SEED, ExploreOptions(max_depth=5, symmetry=True))
+        assert gc.get_freeze_count() == mine
+    finally:
+        gc.unfreeze()

@@ -21,6 +21,7 @@ from helpers import assert_reproduces_as_recorded
 from ivshmem_model.conform_cli import model_variant
 from ivshmem_model.model.actions import load_json_file, load_trace
 from ivshmem_model.model.executor.qemu.backend import QemuBackend
+from ivshmem_model.model.executor.qemu.clients import client_program
 from ivshmem_model.model.executor.qemu.machine import (
     kvm_available,
     qemu_installed,
@@ -167,6 +168,8 @@ def test_conformance_case_holds_on_qemu_10_0(path: Path) -> None:
     trace = load_trace(str(path))
     if trace.config.host.kvm_msi_irqfd and not kvm_available():
         pytest.skip("the KVM irqfd path needs /dev/kvm")
+    if trace.config.clients and client_program() is None:
+        pytest.skip("QEMU's C ivshmem-client is not built: run scripts/build-contrib.sh")
     run = QemuBackend("10.0").run(trace)
     assert check_case(case, "10.0", run.steps, trace.config.host.kvm_msi_irqfd) is None
 

@@ -419,6 +419,9 @@ def _check_supported(trace: Trace) -> None:
         raise UnsupportedTraceError("lock-step runs the contrib policy only")
     if trace.config.clients:
         raise UnsupportedTraceError("lock-step runs QEMU endpoints only (no 'clients')")
+    if trace.config.processes:
+        raise UnsupportedTraceError("lock-step runs one process per endpoint (no 'processes'); "
+                                    "--backend qemu runs several devices in one QEMU")
     for index, action in enumerate(trace.steps):
         if isinstance(action, ServerSend | ClientNotify):
             raise UnsupportedTraceError(f"steps[{index}]: {action.name} is not supported")

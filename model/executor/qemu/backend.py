@@ -19,13 +19,23 @@ Each action maps onto one real effect (``../shared/qemu-qtest-notes.md`` has the
 | ``config_read``/``config_write`` | configuration cycles (ports 0xCF8/0xCFC) to the register |
 | ``eventfd_poll`` | our copy's counter (``/proc/self/fdinfo``) and the doorbells held for it |
 | ``fd_count`` | ``/proc/PID/fd`` by kind, less a QEMU with no device |
-| ``reset`` | QMP ``system_reset`` (then the guest programs the device again) |
+| ``reset`` | QMP ``system_reset`` (then the guest programs every device again) |
 | ``unplug`` | QMP ``device_del`` and the guest's ACPI eject |
 
+The endpoints of a ``config.processes`` group share one QEMU: endpoint k of the group is the
+device in slot ``4 + k`` (``machine.Function``), with chardev ``c<k>`` on its own channel; a
+later realize in the running process is a ``device_add``; ``disconnect`` kills the process
+and with it every endpoint's connection; outcomes are the process's.
+
 What QEMU cannot show, or what this backend cannot do, is said, never guessed:
-:class:`Unsupported` stops a run with the reason (plain-client endpoints, migration of a
-master, ``host.ioeventfd`` off), and observations the model makes that no real process exposes
-(``fd`` bookkeeping, ``fault``) are listed in ``properties/conform.py``.
+:class:`Unsupported` stops a run with the reason (``host.ioeventfd`` off, ``abandon``, a
+migration the destination cannot be given, plain clients without the built C client), and
+observations the model makes that no real process exposes (``fd`` bookkeeping, ``fault``) are
+listed in ``properties/conform.py``.
+
+Plain-client endpoints (``config.clients``) are QEMU's C ``ivshmem-client`` on the endpoint's
+channel (``clients.py``); ``migrate`` of a master loads the source's stream into a fresh QEMU
+started ``-incoming`` (``migration.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from ivshmem_model.model.actions import (
     Disconnect,
     EventfdPoll,
     FdCount,
+    Garbage,
     HandleIrq,
     Migrate,
     MmioRead,
@@ -69,15 +80,18 @@ from ivshmem_model.model.actions import (
 from ivshmem_model.model.device import memdev_name
 from ivshmem_model.model.executor import wire
 from ivshmem_model.model.executor.qemu.channel import Channel
+from ivshmem_model.model.executor.qemu.clients import PlainClients
 from ivshmem_model.model.executor.qemu.machine import (
+    MAX_FUNCTIONS,
+    SLOT,
     DeviceSpec,
+    Function,
     Machine,
     Outcome,
     kvm_available,
     qemu_version,
     resolve_qemu,
 )
-from ivshmem_model.model.state import BAR0_ADDR, BAR1_ADDR, BAR2_ADDR
 
 Observation = dict[str, Any]
 DOORBELL = 12
@@ -125,10 +139,12 @@ class BackendRun:
         return out
 
 
-def device_spec(action: Realize, memdev_id: str, serial: str = "") -> DeviceSpec:
-    """The model's ``realize`` props as QEMU's ``-device`` options (design §3 names); a memdev
-    is a fresh memory backend object called ``memdev_id`` (a file one in a file of its own)."""
-    options: dict[str, str] = {"id": "dev0", "addr": "4"}
+def device_spec(action: Realize, memdev_id: str, serial: str = "", index: int = 0
+                ) -> DeviceSpec:
+    """The model's ``realize`` props as QEMU's ``-device`` options (design §3 names) for the
+    process's device ``index``; a memdev is a fresh memory backend object called
+    ``memdev_id`` (a file one in a file of its own), or the one ``memdev`` names."""
+    options: dict[str, str] = {"id": f"dev{index}", "addr": str(SLOT + index)}
     objects: list[str] = []
     size = action.prop("memdev_size")
     if size is not None:
@@ -144,7 +160,7 @@ def device_spec(action: Realize, memdev_id: str, serial: str = "") -> DeviceSpec
         if key == "chardev":
             if value is True:
                 null = action.prop("chardev_backend") == "null"
-                options["chardev"] = "n0" if null else "c0"
+                options["chardev"] = f"n{index}" if null else f"c{index}"
         elif isinstance(value, bool):
             options[key] = "on" if value else "off"
         else:
@@ -176,7 +192,7 @@ class QemuBackend:
             with tempfile.TemporaryDirectory(prefix="ivshmem-qemu-") as workdir:
                 machine = Machine(workdir, "base", self.binary, kvm, self.memcheck)
                 try:
-                    machine.launch(None, None)
+                    machine.launch([], None)
                     machine.attach()
                     machine.sync()
                     self._baselines[kvm] = machine.fd_kinds()
@@ -210,6 +226,8 @@ class _Session:
         self.channels = [Channel(workdir, e, standins=contrib)
                          for e in range(self.config.endpoints)]
         self.machines: list[Machine | None] = [None] * self.config.endpoints
+        # the endpoints of each endpoint's process (config.processes): one Machine for them
+        self.groups = [self.config.process_of(e) for e in range(self.config.endpoints)]
         self.server: Any = None
         self.server_up = True
         self.shm_name = ""
@@ -218,6 +236,7 @@ class _Session:
         # memory backends created per endpoint process (each realize has its own, named as
         # the model names them: model.device.memdev_name)
         self.memdevs = [0] * self.config.endpoints
+        self.plain = PlainClients(self.config.clients)  # QEMU's C ivshmem-client (clients.py)
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -240,8 +259,9 @@ class _Session:
                 return
 
     def _check_supported(self) -> None:
-        if self.config.clients:
-            raise Unsupported("plain ivshmem-client endpoints are not run on QEMU")
+        why = self.plain.unavailable()
+        if why is not None:
+            raise Unsupported(why)
         if not self.config.host.ioeventfd:
             raise Unsupported("host.ioeventfd=false has no counterpart: QEMU "
                               "matches ioeventfds in software under TCG and in the kernel "
@@ -253,6 +273,8 @@ class _Session:
         if self.config.server.socket_capacity is not None:
             raise Unsupported("server.socket_capacity: the kernel's socket buffers hold what "
                               "they hold (tests/test_contrib.py runs overflows on the C server)")
+        if any(len(group) > MAX_FUNCTIONS for group in self.config.processes):
+            raise Unsupported(f"a process of more than {MAX_FUNCTIONS} devices (config.processes)")
 
     def _start_server(self) -> None:
         from ivshmem_model.model.executor.lockstep import RealServer
@@ -262,9 +284,11 @@ class _Session:
         self.shm_name = self.server.shm_name
 
     def close(self) -> None:
+        self.plain.close()
+        alive = {id(m): m.alive for m in self.machines if m is not None}
         for e, machine in enumerate(self.machines):
             if machine is not None:
-                if machine.alive:
+                if alive[id(machine)]:
                     machine.drain_stderr()
                     self.result.outcomes.setdefault(e, machine.outcome)
                 machine.kill()
@@ -286,16 +310,25 @@ class _Session:
         if obs is None:
             return None
         obs.extend(self._pump_all())
+        for client, seen in self.plain.effects():
+            self.result.outcomes[client] = Outcome("failed", str(seen[0]["error"]))
+            obs.extend(seen)
         e = getattr(action, "endpoint", None)
+        seen_machines: set[int] = set()
         for other, machine in enumerate(self.machines):
-            if machine is None:
+            if machine is None or id(machine) in seen_machines:
                 continue
-            was_running = other in running or (other == e and isinstance(action, Realize))
-            obs.extend(self._effects(other, machine, was_running))
+            seen_machines.add(id(machine))  # a process shows its effects once
+            members = [m for m in self.groups[other] if self.machines[m] is machine]
+            was_running = any(m in running for m in members) or (
+                e in members and isinstance(action, Realize))
+            obs.extend(self._effects(members, machine, was_running))
         return obs
 
-    def _effects(self, e: int, machine: Machine, was_running: bool) -> list[Observation]:
-        """What endpoint ``e`` showed in this step: MSIs, error texts, its fate."""
+    def _effects(self, members: list[int], machine: Machine, was_running: bool
+                 ) -> list[Observation]:
+        """What the process of endpoints ``members`` showed in this step: MSIs, error
+        texts, its fate (theirs)."""
         obs: list[Observation] = []
         if machine.alive:
             obs.extend({"msi": v} for v in machine.take_msis())
@@ -306,7 +339,8 @@ class _Session:
             errors = [text for text in errors if text not in outcome.reason]
         obs.extend({"error": text} for text in errors)
         if was_running and outcome is not None and outcome.kind != "running":
-            self.result.outcomes[e] = outcome
+            for e in members:
+                self.result.outcomes[e] = outcome
             if outcome.kind == "failed":
                 if not any(o.get("error") == outcome.reason for o in obs):
                     obs.append({"error": outcome.reason})
@@ -330,7 +364,7 @@ class _Session:
 
     def _dead(self, e: int) -> bool:
         machine = self.machines[e]
-        return machine is not None and not machine.alive
+        return (machine is not None and not machine.alive) or self.plain.dead(e)
 
     # -- server actions --------------------------------------------------------------------------
 
@@ -345,30 +379,36 @@ class _Session:
         else:
             channel.received = 0
         channel.connected = True
+        if a.endpoint in self.plain.endpoints and not self.plain.start(a.endpoint, channel):
+            raise Unsupported("QEMU's ivshmem-client did not connect")
         return []
 
     def _disconnect(self, a: Disconnect) -> list[Observation] | None:
         machine = self.machines[a.endpoint]
-        channel = self.channels[a.endpoint]
-        if machine is None and not channel.connected:
+        group = self.groups[a.endpoint]  # the process's endpoints all go with it
+        if machine is None and not any(self.channels[m].connected for m in group):
             return None
+        self.plain.stop(a.endpoint)
         if machine is not None:
             if machine.alive:
                 machine.kill()
-            self.result.stderr[a.endpoint] = machine.stderr_lines
-        held = self.server.fds() if self.server is not None and channel.upstream else None
-        channel.close()
-        if held is not None:
-            # Wait until the server has seen the peer go (it closes the peer's socket and
-            # eventfds), so the next step meets the server the model describes.
-            deadline = time.monotonic() + 2.0
-            while self.server.fds() >= held and time.monotonic() < deadline:
-                time.sleep(0.002)
-        # The process is gone; a later connect is a new process with a new socket.
-        self.channels[a.endpoint] = Channel(self.workdir, f"{a.endpoint}.{id(channel)}",
-                                            channel.use_standins)
-        self.machines[a.endpoint] = None
-        self.memdevs[a.endpoint] = 0
+            for m in group:
+                self.result.stderr[m] = machine.stderr_lines
+        for m in group:
+            channel = self.channels[m]
+            held = self.server.fds() if self.server is not None and channel.upstream else None
+            channel.close()
+            if held is not None:
+                # Wait until the server has seen the peer go (it closes the peer's socket and
+                # eventfds), so the next step meets the server the model describes.
+                deadline = time.monotonic() + 2.0
+                while self.server.fds() >= held and time.monotonic() < deadline:
+                    time.sleep(0.002)
+            # The process is gone; a later connect is a new process with a new socket.
+            self.channels[m] = Channel(self.workdir, f"{m}.{id(channel)}",
+                                       channel.use_standins)
+            self.machines[m] = None
+            self.memdevs[m] = 0
         return []
 
     def _server_send(self, a: ServerSend) -> list[Observation] | None:
@@ -411,8 +451,19 @@ class _Session:
         raise Unsupported("a client gone before it is accepted runs against the C server "
                           "(tests/test_contrib.py), not with QEMU")
 
-    def _garbage(self, _a: Action) -> list[Observation] | None:
-        raise Unsupported("plain ivshmem-client endpoints are not run on QEMU")
+    def _garbage(self, a: Garbage) -> list[Observation] | None:
+        """Bytes from a plain client on its connection: the server drops it (S:421-427)."""
+        channel = self.channels[a.endpoint]
+        if self.server is None or not self.server_up or a.endpoint not in self.plain.endpoints:
+            return None
+        if channel.upstream is None or self._dead(a.endpoint):
+            return None
+        held = self.server.fds()
+        channel.upstream.sendall(b"\0")
+        deadline = time.monotonic() + 2.0
+        while self.server.fds() >= held and time.monotonic() < deadline:
+            time.sleep(0.002)  # until the server has let the peer go
+        return []
 
     def _server_exit(self, _a: ServerExit) -> list[Observation] | None:
         if not self.server_up:
@@ -434,24 +485,29 @@ class _Session:
         e = a.endpoint
         channel = self.channels[e]
         running = self.machines[e]
-        if self._dead(e) or (running is not None and running.device is not None):
+        group = self.groups[e]
+        index = group.index(e)  # the endpoint's device slot in its process
+        if e in self.plain.endpoints or self._dead(e) or (
+                running is not None and running.functions[index].spec is not None):
             return None
         chardev = a.prop("chardev") is True and a.prop("chardev_backend", "socket") == "socket"
         if chardev and not channel.connected:
             return None
-        spec = device_spec(a, memdev_name(e, self.memdevs[e]), f"{self.started}")
+        spec = device_spec(a, memdev_name(e, self.memdevs[e]), f"{self.started}", index)
         if a.prop("memdev_size") is not None:
             self.memdevs[e] += 1
         hotplug = getattr(a, "hotplug", False)
         if running is None:
             self.started += 1
             machine = Machine(self.workdir, f"q{self.started}", self.backend.binary, self.kvm,
-                              self.backend.memcheck)
-            self.machines[e] = machine
-            # The chardev is always there, so a doorbell can be hot-plugged into a process
-            # that started with another device; it reaches our channel, which holds the
-            # server's messages until the trace's realize or deliver.
-            machine.launch(channel.path, None if hotplug else spec)
+                              self.backend.memcheck, len(group))
+            for m in group:
+                self.machines[m] = machine
+            # The chardevs are always there, so a doorbell can be hot-plugged into a process
+            # that started with another device; each reaches its endpoint's channel, which
+            # holds the server's messages until the trace's realize or deliver.
+            machine.launch([self.channels[m].path for m in group], None if hotplug else spec,
+                           index)
             if chardev:
                 self._forward_setup(e, machine)
             machine.attach()
@@ -463,117 +519,147 @@ class _Session:
         assert target is not None
         if chardev and running is not None:
             self._forward_setup(e, target)
-        error = target.device_add(spec)
+        error = target.device_add(target.functions[index], spec)
+        if target.functions[index].misplaced:
+            raise Unsupported("a process's later device has a BAR2 over 256 MiB "
+                              "(machine.BAR_STRIDE)")
         return [] if error is None else [{"error": error}]
 
     def _forward_setup(self, e: int, machine: Machine) -> None:
         channel = self.channels[e]
         if channel.accept_qemu(5.0):
-            channel.forward(channel.setup_count())
+            channel.forward(channel.setup_bytes())
+            channel.fill = 0  # a new device: its msg_buf is empty
 
     def _deliver(self, a: Deliver) -> list[Observation] | None:
         channel = self.channels[a.endpoint]
+        if a.endpoint in self.plain.endpoints:
+            return self.plain.deliver(a.endpoint, channel, a.bytes)
         machine = self._machine(a.endpoint)
         if not channel.queue or machine is None or channel.qemu is None:
             return None
-        if a.bytes:
-            if not channel.forward_part(a.bytes):
-                return None  # the rest of the message, or more: a plain deliver
-            channel.wait_read()
-            machine.sync()
-            return []
-        channel.forward(1)
+        # ivshmem_can_receive: the device takes what fills its msg_buf (seed 623-629)
+        want = wire.MSG.size - channel.fill
+        if a.bytes >= want or not channel.forward(a.bytes or want):
+            return None  # bytes that fill msg_buf are a plain deliver; or too few queued
+        channel.fill = channel.fill + a.bytes if a.bytes else 0
         channel.wait_read()
         machine.sync()
         return []
 
     # -- the guest -------------------------------------------------------------------------------
 
-    def _device(self, e: int) -> Machine | None:
-        machine = self._machine(e)
-        return machine if machine is not None and machine.device is not None else None
+    def _fn(self, e: int) -> Function:
+        """Endpoint ``e``'s device slot in its process."""
+        machine = self.machines[e]
+        assert machine is not None
+        return machine.functions[self.groups[e].index(e)]
 
-    def _mmio_read(self, a: MmioRead) -> list[Observation] | None:
-        machine = self._device(a.endpoint)
+    def _device(self, e: int) -> tuple[Machine, Function] | None:
+        """The endpoint's QEMU and device, if it runs and has one."""
+        machine = self._machine(e)
         if machine is None or machine.qtest is None:
             return None
-        value = machine.guard(machine.qtest.read, BAR0_ADDR + a.offset, a.size)
+        fn = self._fn(e)
+        return (machine, fn) if fn.spec is not None else None
+
+    def _mmio_read(self, a: MmioRead) -> list[Observation] | None:
+        found = self._device(a.endpoint)
+        if found is None:
+            return None
+        machine, fn = found
+        assert machine.qtest is not None
+        value = machine.guard(machine.qtest.read, fn.home[0] + a.offset, a.size)
         return [] if value is None else [{"read": value}]
 
     def _mmio_write(self, a: MmioWrite) -> list[Observation] | None:
-        machine = self._device(a.endpoint)
-        if machine is None or machine.qtest is None:
+        found = self._device(a.endpoint)
+        if found is None:
             return None
-        machine.guard(machine.qtest.write, BAR0_ADDR + a.offset, a.value, a.size)
+        machine, fn = found
+        assert machine.qtest is not None
+        machine.guard(machine.qtest.write, fn.home[0] + a.offset, a.value, a.size)
         machine.sync()
         return []
 
     def _ring(self, a: Ring) -> list[Observation] | None:
         return self._mmio_write(MmioWrite(a.endpoint, DOORBELL, a.peer << 16 | a.vector, 4))
 
-    def _msix(self, e: int) -> Machine | None:
-        machine = self._device(e)
-        return machine if machine is not None and machine.msix_cap else None
+    def _msix(self, e: int) -> tuple[Machine, Function] | None:
+        found = self._device(e)
+        return found if found is not None and found[1].msix_cap else None
 
     def _msix_enable(self, a: MsixEnable) -> list[Observation] | None:
-        machine = self._msix(a.endpoint)
-        if machine is None:
+        found = self._msix(a.endpoint)
+        if found is None:
             return None
-        machine.msix_control(enable=a.enabled)
+        machine, fn = found
+        machine.msix_control(fn, enable=a.enabled)
         machine.sync()
         return []
 
     def _msix_function_mask(self, a: MsixFunctionMask) -> list[Observation] | None:
-        machine = self._msix(a.endpoint)
-        if machine is None:
+        found = self._msix(a.endpoint)
+        if found is None:
             return None
-        machine.msix_control(maskall=a.masked)
+        machine, fn = found
+        machine.msix_control(fn, maskall=a.masked)
         machine.sync()
         return []
 
     def _msix_mask(self, a: MsixMask) -> list[Observation] | None:
-        machine = self._msix(a.endpoint)
-        if machine is None or machine.qtest is None or a.vector >= machine.msix_entries:
+        found = self._msix(a.endpoint)
+        if found is None or a.vector >= found[1].msix_entries:
             return None
-        machine.guard(machine.qtest.write, BAR1_ADDR + 16 * a.vector + 12, int(a.masked), 4)
+        machine, fn = found
+        assert machine.qtest is not None
+        machine.guard(machine.qtest.write, fn.home[1] + 16 * a.vector + 12, int(a.masked), 4)
         machine.sync()
         return []
 
     def _pba_read(self, a: PbaRead) -> list[Observation] | None:
-        machine = self._msix(a.endpoint)
-        if machine is None or machine.qtest is None:
+        found = self._msix(a.endpoint)
+        if found is None:
             return None
-        if a.offset >= -(-machine.msix_entries // 64) * 8:
+        machine, fn = found
+        assert machine.qtest is not None
+        if a.offset >= -(-fn.msix_entries // 64) * 8:
             return None
-        value = machine.guard(machine.qtest.read, BAR1_ADDR + machine.pba_offset + a.offset, 4)
+        value = machine.guard(machine.qtest.read, fn.home[1] + fn.pba_offset + a.offset, 4)
         return [] if value is None else [{"read": value}]
 
     def _shm_read(self, a: ShmRead) -> list[Observation] | None:
-        machine = self._device(a.endpoint)
-        if machine is None or machine.qtest is None or a.offset + a.size > machine.bar2_size:
+        found = self._device(a.endpoint)
+        if found is None or a.offset + a.size > found[1].bar2_size:
             return None
-        value = machine.guard(machine.qtest.read, BAR2_ADDR + a.offset, a.size)
+        machine, fn = found
+        assert machine.qtest is not None
+        value = machine.guard(machine.qtest.read, fn.home[2] + a.offset, a.size)
         return [] if value is None else [{"read": value}]
 
     def _shm_write(self, a: ShmWrite) -> list[Observation] | None:
-        machine = self._device(a.endpoint)
-        if machine is None or machine.qtest is None or a.offset + a.size > machine.bar2_size:
+        found = self._device(a.endpoint)
+        if found is None or a.offset + a.size > found[1].bar2_size:
             return None
-        machine.guard(machine.qtest.write, BAR2_ADDR + a.offset, a.value, a.size)
+        machine, fn = found
+        assert machine.qtest is not None
+        machine.guard(machine.qtest.write, fn.home[2] + a.offset, a.value, a.size)
         return []
 
     def _config_read(self, a: ConfigRead) -> list[Observation] | None:
-        machine = self._device(a.endpoint)
-        if machine is None:
+        found = self._device(a.endpoint)
+        if found is None:
             return None
-        value = machine.config_read(a.register)
+        machine, fn = found
+        value = machine.config_read(fn, a.register)
         return None if value is None else [{"read": value}]
 
     def _config_write(self, a: ConfigWrite) -> list[Observation] | None:
-        machine = self._device(a.endpoint)
-        if machine is None or machine.register_offset(a.register) is None:
+        found = self._device(a.endpoint)
+        if found is None or Machine.register_offset(found[1], a.register) is None:
             return None
-        machine.config_write(a.register, a.value)
+        machine, fn = found
+        machine.config_write(fn, a.register, a.value)
         machine.sync()
         return []
 
@@ -599,8 +685,9 @@ class _Session:
         """Our copy of the eventfd QEMU was handed for ``(peer, vector)``; pending if its
         counter is set, or a doorbell for it waits in a stand-in (it reaches the owner at
         the trace's ``handle_irq``)."""
-        machine = self._device(a.endpoint)
+        found = self._device(a.endpoint)
         fds = self.channels[a.endpoint].delivered.get(a.peer, [])
+        machine = found[0] if found is not None else None
         if machine is None or machine.proc is None or a.vector >= len(fds):
             return None
         ours = fds[a.vector]
@@ -608,11 +695,14 @@ class _Session:
         if ident is None or ident not in machine.eventfd_ids():
             return None  # not an eventfd, or QEMU closed it (a disconnect, a rejection)
         pending = wire.eventfd_count(ours) > 0 or any(
-            channel.pending_rings(a.peer, a.vector) for channel in self.channels)
+            channel.pending_rings(a.peer, a.vector) for channel in self.channels) \
+            or self.plain.pending(self.channels, a.peer, a.vector)
         return [{"signalled": pending}]
 
     def _handle_irq(self, a: HandleIrq) -> list[Observation] | None:
         e, v = a.endpoint, a.vector
+        if e in self.plain.endpoints:
+            return self.plain.handle_irq(e, v, self.channels)
         machine = self._machine(e)
         channel = self.channels[e]
         if machine is None or v >= len(channel.own_eventfds):
@@ -635,34 +725,33 @@ class _Session:
             return None
         return []
 
-    def _client_notify(self, _a: ClientNotify) -> list[Observation] | None:
-        raise Unsupported("plain clients are not run on QEMU")
+    def _client_notify(self, a: ClientNotify) -> list[Observation] | None:
+        if a.endpoint not in self.plain.endpoints:
+            return None
+        return self.plain.notify(a.endpoint, a.peer, a.vector)
 
     def _reset(self, a: Reset) -> list[Observation] | None:
-        machine = self._device(a.endpoint)
-        if machine is None:
+        found = self._device(a.endpoint)
+        if found is None:
             return None
-        machine.system_reset()
+        found[0].system_reset()
         return []
 
     def _unplug(self, a: Unplug) -> list[Observation] | None:
-        machine = self._device(a.endpoint)
-        if machine is None:
+        found = self._device(a.endpoint)
+        if found is None:
             return None
-        machine.device_del()
+        machine, fn = found
+        machine.device_del(fn)
         return []
 
     def _migrate(self, a: Migrate) -> list[Observation] | None:
-        machine = self._device(a.endpoint)
-        if machine is None or machine.qmp is None:
-            return None
-        from ivshmem_model.model.executor.qemu.qtest import QmpError
+        from ivshmem_model.model.executor.qemu import migration
 
         try:
-            machine.qmp.execute("migrate", uri=f"exec:cat > {self.workdir}/migration")
-        except QmpError as err:
-            return [{"error": str(err)}]
-        raise Unsupported("loading a migrated master into a fresh QEMU is not run yet")
+            return migration.migrate(self, a.endpoint)  # into a fresh QEMU (migration.py)
+        except migration.MigrationUnsupported as why:
+            raise Unsupported(str(why)) from None
 
 
 def _error_line(line: str) -> str | None:

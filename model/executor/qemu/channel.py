@@ -4,10 +4,11 @@ In the model an endpoint's channel is a FIFO that ``realize`` and ``deliver`` po
 §2).  A real QEMU reads its chardev whenever the socket is readable, so the backend puts this
 channel in between: QEMU's chardev connects to :attr:`Channel.path`, the server's messages are
 queued here (from the contrib server's socket, or injected by ``server_send``), and only
-``forward_setup`` (realize) and ``forward_one`` (deliver) pass them on, each waiting until QEMU
-has read the bytes (``TIOCOUTQ`` is 0) so the caller's next qtest round trip sees the handler's
-effect.  ``forward_part`` (deliver with ``bytes``) writes only the first bytes of the next
-message, its descriptors with them; the next ``forward`` writes the rest.
+``forward`` passes them on, as many bytes as realize or deliver reads, waiting until QEMU has
+read them (``TIOCOUTQ`` is 0) so the caller's next qtest round trip sees the handler's effect.
+A message may go in parts (deliver with ``bytes``), its descriptors with the first; the stream
+goes on where QEMU's chardev stands, so a device realized after one unplugged holding part of
+a message reads from mid-message, as the chardev does (``model.chardev``).
 
 Doorbells between endpoints are held the same way.  With the contrib server, a peer's eventfd
 reaches another endpoint as a *stand-in* eventfd of ours (``Standin``); a doorbell QEMU rings
@@ -72,7 +73,9 @@ class Channel:
         # its vectors 0, 1, ... (a message without fd for that peer, a disconnect, clears it)
         self.delivered: dict[int, list[int]] = {}
         self.forwarded = 0  # messages passed to QEMU (the first two: version and ID)
+        self.shm_copy: int | None = None  # the first shared memory passed on (migration.py)
         self.head_sent = 0  # bytes of the next queued message already written (its fds too)
+        self.fill = 0  # bytes the device on the chardev holds of its next 8 (msg_buffered_bytes)
 
     # -- the server side -------------------------------------------------------------------------
 
@@ -134,52 +137,49 @@ class Channel:
         self.qemu, _addr = self.listener.accept()
         return True
 
-    def setup_count(self) -> int:
-        """How many queued messages realize reads: up to the first shared-memory message
-        (seed 678-746 stops there), or all of them."""
-        for index, queued in enumerate(self.queue):
-            if queued.value == -1:
-                return index + 1
-        return len(self.queue)
+    def pending(self) -> int:
+        """The bytes queued and not yet written to QEMU."""
+        return wire.MSG.size * len(self.queue) - self.head_sent
 
-    def forward(self, count: int) -> None:
-        """Pass ``count`` queued messages to QEMU; then end the stream if the server is gone
-        and nothing is left."""
+    def setup_bytes(self) -> int:
+        """How many bytes realize reads: 8 at a time from where QEMU's chardev stands (mid-
+        message after a torn one: ``model.chardev``) up to the first 8 that read -1, the
+        shared memory (seed 678-746 stops there), or all that are queued."""
+        stream = b"".join(wire.MSG.pack(q.value) for q in self.queue)[self.head_sent:]
+        for end in range(wire.MSG.size, len(stream) + 1, wire.MSG.size):
+            if wire.MSG.unpack(stream[end - wire.MSG.size:end])[0] == -1:
+                return end
+        return len(stream)
+
+    def forward(self, size: int) -> bool:
+        """Write the next ``size`` queued bytes to QEMU, each message's part in one
+        ``sendmsg`` as the server writes it, its fds with its first byte; then end the stream
+        if the server is gone and nothing is left.  False, writing nothing, if fewer bytes
+        are queued."""
         sock = self.qemu
-        if sock is None:
-            return
-        for _ in range(min(count, len(self.queue))):
-            queued = self.queue.popleft()
-            self._file(queued)
-            if self.head_sent:  # its first bytes and its fds went out already
-                with contextlib.suppress(OSError):
-                    sock.sendall(wire.MSG.pack(queued.value)[self.head_sent:])
-                self.head_sent = 0
-                self._close_fds(queued)
-                continue
+        if sock is None or size > self.pending():
+            return False
+        while size:
+            queued = self.queue[0]
+            take = min(size, wire.MSG.size - self.head_sent)
+            data = wire.MSG.pack(queued.value)[self.head_sent:self.head_sent + take]
             with contextlib.suppress(OSError):
-                wire.send_msg(sock, queued.value, queued.fd, queued.extra)
-            self._close_fds(queued)
+                if self.head_sent:  # its fds went out with its first bytes
+                    sock.sendall(data)
+                else:
+                    sent = wire.send_some(sock, data, queued.fd, queued.extra)
+                    if sent < take:
+                        sock.sendall(data[sent:])
+            self.head_sent += take
+            size -= take
+            if self.head_sent == wire.MSG.size:  # our copies of its fds stay open until filed
+                self.queue.popleft()
+                self._file(queued)
+                self._close_fds(queued)
+                self.head_sent = 0
         if self.server_closed and not self.queue:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
-
-    def forward_part(self, size: int) -> bool:
-        """Write ``size`` more bytes of the next message (with its fds if they are the first),
-        leaving at least one byte of it unsent; False if that is not possible."""
-        sock = self.qemu
-        if sock is None or not self.queue or self.head_sent + size >= wire.MSG.size:
-            return False
-        queued = self.queue[0]
-        data = wire.MSG.pack(queued.value)[self.head_sent:self.head_sent + size]
-        with contextlib.suppress(OSError):
-            if self.head_sent:
-                sock.sendall(data)
-            else:
-                sent = wire.send_some(sock, data, queued.fd, queued.extra)
-                if sent < size:
-                    sock.sendall(data[sent:])
-        self.head_sent += size  # our copies of its fds stay open until the message is filed
         return True
 
     @staticmethod
@@ -192,6 +192,8 @@ class Channel:
     def _file(self, queued: Queued) -> None:
         """Keep a copy of a peer fd QEMU is being handed, where the device will file it."""
         self.forwarded += 1
+        if queued.value == -1 and queued.fd is not None and self.shm_copy is None:
+            self.shm_copy = os.dup(queued.fd)  # what a migration destination is handed
         if self.forwarded <= 2 or queued.value < 0:
             return
         if queued.fd is not None:
@@ -227,7 +229,10 @@ class Channel:
         """Doorbells this endpoint rang to ``(peer, vector)`` since the last call."""
         total = 0
         for standin in self.standins:
-            if standin.peer == peer and standin.vector == vector:
+            # only a set counter is read: QEMU's chardev makes a received fd blocking
+            # (char-socket.c tcp_chr_recv), and a stand-in it holds is the same file
+            if standin.peer == peer and standin.vector == vector and \
+                    wire.eventfd_count(standin.fd):
                 total += wire.read_kick(standin.fd)
         return total
 
@@ -242,6 +247,7 @@ class Channel:
 
     def close(self) -> None:
         for fd in [*self.own_eventfds, *(s.fd for s in self.standins),
+                   *([] if self.shm_copy is None else [self.shm_copy]),
                    *(q.fd for q in self.queue if q.fd is not None),
                    *(fd for q in self.queue for fd in q.extra)]:
             with contextlib.suppress(OSError):

@@ -1,4 +1,5 @@
-"""One QEMU process with (at most) one ivshmem device, and the guest side that drives it.
+"""One QEMU process with its ivshmem devices (one, or one per endpoint of a
+``config.processes`` group), and the guest side that drives them.
 
 How QEMU is started and watched follows ``../shared/qemu-qtest-notes.md``: ``-S`` so no guest
 code runs (only the main loop), qtest for port and memory accesses, QMP for reset, hot-plug and
@@ -9,6 +10,11 @@ The guest side is what a driver does, written down once: find 1af4:1110, place t
 on memory decoding and bus mastering, point every MSI-X table entry at a slot of guest RAM
 (address ``MSI_BASE + 4*v``, data ``v + 1``) so that an MSI is a DMA write the backend reads
 back (``take_msis``).  After a reset the guest programs the device again, as a driver would.
+
+A process's k-th device (:class:`Function`) sits in slot ``SLOT + k`` with its BARs and MSI
+slots below the first's (``BAR_STRIDE``); the model knows one guest layout, so configuration
+reads and writes of a later device's BAR registers show its addresses as the first device's
+(``properties/conform.py``, ABSTRACTIONS: a process's later devices).
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ START_TIMEOUT = 10.0
 STEP_TIMEOUT = 3.0  # a command QEMU does not answer in this time means its main loop is stuck
 
 SLOT = 4  # the device's PCI slot on bus 0 (``addr=4``)
-DEVFN = SLOT << 3
 VENDOR_DEVICE = 0x1110_1AF4
 # BAR0 registers (256 B), BAR1 MSI-X (at most 64 KiB), BAR2 shared memory (64-bit
 # prefetchable; sizes up to 1 GiB fit): the guest layout the model assumes (model/state.py).
@@ -44,6 +49,12 @@ MSI_BASE = 0x0020_0000  # guest RAM that MSIs are written to, 4 bytes per vector
 MSI_SLOTS = 64  # vectors whose MSI-X entries the guest programs
 PCI_COMMAND_MEMORY_MASTER = 0x0006
 ACPI_PCI_EJECT_PORT = 0xAE08  # PIIX4 ACPI hot-plug: write 1 << slot to eject
+# How far below the first device's BARs the k-th device's are placed (BAR0, BAR1, BAR2): a
+# later device's BAR2 may be at most 256 MiB
+BAR_STRIDE = (0x0100_0000, 0x0100_0000, 0x1000_0000)
+MAX_FUNCTIONS = 4
+NO_DRIVER = "ivshmem-model-no-such-device"  # a device_add that fails at once (drain_rcu)
+RCU_DRAINS = 6
 # valgrind's memcheck reports an invalid read or write (use after free, out of bounds) that
 # glibc lets pass; the first one ends the process, so it is the step's outcome.
 # Children are followed so that a wrapper script (QEMU 10.0's, below) is checked through to
@@ -181,11 +192,62 @@ class DeviceSpec:
     objects: list[str] = field(default_factory=list)  # -object specs, e.g. a memory backend
 
 
+@dataclass
+class Function:
+    """The process's ``index``-th ivshmem device: where the guest finds it and what it found
+    when it programmed it (``setup_guest``)."""
+
+    index: int
+    spec: DeviceSpec | None = None  # the realized device, None while there is none
+    msix_cap: int = 0
+    pba_offset: int = 0
+    msix_entries: int = 0
+    bar2_size: int = 0
+
+    @property
+    def slot(self) -> int:
+        return SLOT + self.index
+
+    @property
+    def devfn(self) -> int:
+        return self.slot << 3
+
+    @property
+    def id(self) -> str:
+        return f"dev{self.index}"
+
+    @property
+    def home(self) -> tuple[int, int, int]:
+        return (HOME[0] - self.index * BAR_STRIDE[0], HOME[1] - self.index * BAR_STRIDE[1],
+                HOME[2] - self.index * BAR_STRIDE[2])
+
+    @property
+    def msi_base(self) -> int:
+        return MSI_BASE + self.index * 4 * MSI_SLOTS
+
+    @property
+    def misplaced(self) -> bool:
+        """A later device's BAR2 too large for its place below the first's."""
+        return self.index > 0 and self.bar2_size > BAR_STRIDE[2]
+
+    def shown(self, bar: int, value: int) -> int:
+        """A BAR register's value as the model shows it: this device's home as the first's."""
+        if bar < 3 and value & ~0xF == self.home[bar]:
+            return HOME[bar] | value & 0xF
+        return value
+
+    def placed(self, bar: int, value: int) -> int:
+        """A value the trace writes to a BAR register: the first device's home is this one's."""
+        if bar < 3 and value & ~0xF == HOME[bar]:
+            return self.home[bar] | value & 0xF
+        return value
+
+
 class Machine:
     """A QEMU process: start, drive through qtest/QMP, observe stderr and the fate."""
 
     def __init__(self, workdir: str, name: str, binary: str, kvm: bool = False,
-                 memcheck: bool = False) -> None:
+                 memcheck: bool = False, devices: int = 1) -> None:
         self.workdir = workdir
         self.memcheck = memcheck
         self.name = name
@@ -198,13 +260,10 @@ class Machine:
         self._reported = 0  # stderr lines already handed out by new_stderr
         self._stderr_buffer = b""
         self.outcome = Outcome("running")
-        self.device: DeviceSpec | None = None
-        self.msix_cap = 0
-        self.pba_offset = 0
-        self.msix_entries = 0
-        self.bar2_size = 0
+        self.functions = [Function(k) for k in range(devices)]
         self.hotplugged = False
         self._qmp_path = ""
+        self.incoming: str | None = None  # -incoming: a migration destination (migration.py)
 
     @property
     def step_timeout(self) -> float:
@@ -212,10 +271,12 @@ class Machine:
 
     # -- process -------------------------------------------------------------------------------
 
-    def launch(self, chardev_path: str | None, device: DeviceSpec | None) -> None:
+    def launch(self, chardev_paths: list[str], device: DeviceSpec | None,
+               index: int = 0) -> None:
         """Start QEMU and take its qtest connection; with ``device`` it is realized from the
-        command line.  QEMU connects its chardev and qtest before it realizes devices, so the
-        caller can now hand the chardev its setup messages, then :meth:`attach`."""
+        command line as device ``index``.  QEMU connects its chardevs (``c<k>`` to the k-th
+        path) and qtest before it realizes devices, so the caller can now hand the chardev its
+        setup messages, then :meth:`attach`."""
         qtest_path = os.path.join(self.workdir, f"{self.name}.qtest")
         self._qmp_path = os.path.join(self.workdir, f"{self.name}.qmp")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -228,14 +289,17 @@ class Machine:
             "-serial", "none", "-qtest", f"unix:{qtest_path}", "-qtest-log", "/dev/null",
             "-qmp", f"unix:{self._qmp_path},server=on,wait=off",
         ]
-        if chardev_path is not None:
-            args += ["-chardev", f"socket,path={chardev_path},id=c0"]
-        args += ["-chardev", "null,id=n0"]  # for chardev_backend "null"
+        for k, path in enumerate(chardev_paths):
+            args += ["-chardev", f"socket,path={path},id=c{k}"]
+        for k in range(max(1, len(chardev_paths))):
+            args += ["-chardev", f"null,id=n{k}"]  # for chardev_backend "null"
         if device is not None:
             for obj in device.objects:
                 args += ["-object", obj]
             args += ["-device", device_argument(device)]
-            self.device = device
+            self.functions[index].spec = device
+        if self.incoming is not None:
+            args += ["-incoming", self.incoming]
         env = dict(os.environ, MALLOC_CHECK_="3", MALLOC_PERTURB_="165")
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -275,8 +339,7 @@ class Machine:
             qmp.close()
             self.wait_exit(2.0)
             return
-        if self.device is not None:
-            self.setup_guest()
+        self.setup_guest()
 
     def _accept(self, listener: socket.socket) -> socket.socket | None:
         assert self.proc is not None
@@ -405,119 +468,123 @@ class Machine:
 
     # -- guest side ------------------------------------------------------------------------------
 
-    def setup_guest(self) -> None:
-        """What a driver does after realize or reset: BARs, decoding, mastering, MSI-X entries."""
+    def setup_guest(self, only: Function | None = None) -> None:
+        """What a driver does after realize or reset: BARs, decoding, mastering, MSI-X entries
+        (of device ``only``, or of every device the process has)."""
         q = self.qtest
         if q is None:
             return
-        self.guard(self._setup_guest, q)
+        for fn in self.functions if only is None else [only]:
+            if fn.spec is not None:
+                self.guard(self._setup_guest, q, fn)
 
-    def _setup_guest(self, q: QTest) -> None:
-        if q.cfg_read(DEVFN, 0) != VENDOR_DEVICE:
+    def _setup_guest(self, q: QTest, fn: Function) -> None:
+        devfn, home = fn.devfn, fn.home
+        if q.cfg_read(devfn, 0) != VENDOR_DEVICE:
             return
         # Decoding off while BAR2 is sized (all ones in, the size mask out; both halves when
         # it is 64-bit) and placed: a half-written 64-bit BAR must never be mapped (under KVM
         # a RAM BAR at 0xffffffff80000000 fails KVM_SET_USER_MEMORY_REGION and QEMU aborts).
-        q.cfg_write(DEVFN, 0x04, 0, 2)
-        q.cfg_write(DEVFN, 0x18, 0xFFFF_FFFF)
-        q.cfg_write(DEVFN, 0x1C, 0xFFFF_FFFF)
-        mask = q.cfg_read(DEVFN, 0x18) & ~0xF
-        if q.cfg_read(DEVFN, 0x18) & 0x4:
-            mask |= q.cfg_read(DEVFN, 0x1C) << 32
-            self.bar2_size = (~mask & (1 << 64) - 1) + 1 if mask else 0
+        q.cfg_write(devfn, 0x04, 0, 2)
+        q.cfg_write(devfn, 0x18, 0xFFFF_FFFF)
+        q.cfg_write(devfn, 0x1C, 0xFFFF_FFFF)
+        mask = q.cfg_read(devfn, 0x18) & ~0xF
+        if q.cfg_read(devfn, 0x18) & 0x4:
+            mask |= q.cfg_read(devfn, 0x1C) << 32
+            fn.bar2_size = (~mask & (1 << 64) - 1) + 1 if mask else 0
         else:
-            self.bar2_size = (~mask & 0xFFFF_FFFF) + 1 if mask else 0
-        q.cfg_write(DEVFN, 0x10, BAR0_ADDR)
-        q.cfg_write(DEVFN, 0x14, BAR1_ADDR)
-        q.cfg_write(DEVFN, 0x18, BAR2_ADDR)
-        q.cfg_write(DEVFN, 0x1C, 0)
-        q.cfg_write(DEVFN, 0x04, PCI_COMMAND_MEMORY_MASTER, 2)
-        self.msix_cap = self._find_capability(q, 0x11)
-        if not self.msix_cap:
+            fn.bar2_size = (~mask & 0xFFFF_FFFF) + 1 if mask else 0
+        q.cfg_write(devfn, 0x10, home[0])
+        q.cfg_write(devfn, 0x14, home[1])
+        q.cfg_write(devfn, 0x18, home[2])
+        q.cfg_write(devfn, 0x1C, 0)
+        q.cfg_write(devfn, 0x04, PCI_COMMAND_MEMORY_MASTER, 2)
+        fn.msix_cap = self._find_capability(q, devfn, 0x11)
+        if not fn.msix_cap:
             return
-        control = q.cfg_read(DEVFN, self.msix_cap + 2, 2)
-        self.msix_entries = (control & 0x7FF) + 1
-        self.pba_offset = q.cfg_read(DEVFN, self.msix_cap + 8) & ~7
-        for v in range(min(self.msix_entries, MSI_SLOTS)):
-            entry = BAR1_ADDR + 16 * v
-            q.write(entry, MSI_BASE + 4 * v, 4)
+        control = q.cfg_read(devfn, fn.msix_cap + 2, 2)
+        fn.msix_entries = (control & 0x7FF) + 1
+        fn.pba_offset = q.cfg_read(devfn, fn.msix_cap + 8) & ~7
+        for v in range(min(fn.msix_entries, MSI_SLOTS)):
+            entry = home[1] + 16 * v
+            q.write(entry, fn.msi_base + 4 * v, 4)
             q.write(entry + 4, 0, 4)
             q.write(entry + 8, v + 1, 4)
-        q.write_bytes(MSI_BASE, bytes(4 * MSI_SLOTS))
+        q.write_bytes(fn.msi_base, bytes(4 * MSI_SLOTS))
 
-    def register_offset(self, name: str) -> int | None:
+    @staticmethod
+    def register_offset(fn: Function, name: str) -> int | None:
         """Where configuration register ``name`` is (model/pci.py); ``None`` if absent."""
         reg = REGISTERS[name]
         if reg.offset is not None:
             return reg.offset
-        return self.msix_cap + 2 if self.msix_cap else None
+        return fn.msix_cap + 2 if fn.msix_cap else None
 
-    def config_read(self, name: str) -> int | None:
-        offset, q = self.register_offset(name), self.qtest
+    def config_read(self, fn: Function, name: str) -> int | None:
+        offset, q = self.register_offset(fn, name), self.qtest
         if offset is None or q is None:
             return None
-        value: int | None = self.guard(q.cfg_read, DEVFN, offset, REGISTERS[name].size)
+        value: int | None = self.guard(q.cfg_read, fn.devfn, offset, REGISTERS[name].size)
+        if value is not None and name.startswith("bar"):
+            value = fn.shown(int(name[3:]), value)
         return value
 
-    def config_write(self, name: str, value: int) -> None:
-        offset, q = self.register_offset(name), self.qtest
+    def config_write(self, fn: Function, name: str, value: int) -> None:
+        offset, q = self.register_offset(fn, name), self.qtest
         if offset is not None and q is not None:
             size = REGISTERS[name].size
-            self.guard(q.cfg_write, DEVFN, offset, value & (1 << 8 * size) - 1, size)
-
-    def bar_at_home(self, index: int) -> bool:
-        """Whether BAR ``index`` is decoded where the guest put it (then an access reaches
-        the device), read from the command and BAR registers as the PCI core decides."""
-        command = self.config_read("command")
-        bar = self.config_read(f"bar{index}")
-        if command is None or bar is None or not command & 0x2:
-            return False
-        if index == 2 and bar & 0x4 and self.config_read("bar3") != 0:
-            return False  # a 64-bit BAR2 moved above 4 GiB
-        return bar & ~0xF == HOME[index]
+            if name.startswith("bar"):
+                value = fn.placed(int(name[3:]), value)
+            self.guard(q.cfg_write, fn.devfn, offset, value & (1 << 8 * size) - 1, size)
 
     @staticmethod
-    def _find_capability(q: QTest, cap_id: int) -> int:
-        cap = q.cfg_read(DEVFN, 0x34, 1) & 0xFC
+    def _find_capability(q: QTest, devfn: int, cap_id: int) -> int:
+        cap = q.cfg_read(devfn, 0x34, 1) & 0xFC
         while cap:
-            header = q.cfg_read(DEVFN, cap, 2)
+            header = q.cfg_read(devfn, cap, 2)
             if header & 0xFF == cap_id:
                 return cap
             cap = header >> 8 & 0xFC
         return 0
 
     def take_msis(self) -> list[int]:
-        """Vectors whose MSI arrived since the last call (each slot cleared after reading)."""
+        """Vectors whose MSI arrived since the last call, of every device (each slot cleared
+        after reading)."""
         q = self.qtest
-        if q is None or not self.msix_cap:
-            return []
-        data = self.guard(q.read_bytes, MSI_BASE, 4 * MSI_SLOTS)
-        if not data:
-            return []
-        fired = [v for v in range(MSI_SLOTS) if data[4 * v: 4 * v + 4] != bytes(4)]
-        if fired:
-            self.guard(q.write_bytes, MSI_BASE, bytes(4 * MSI_SLOTS))
+        fired: list[int] = []
+        for fn in self.functions:
+            if q is None or not fn.msix_cap:
+                continue
+            data = self.guard(q.read_bytes, fn.msi_base, 4 * MSI_SLOTS)
+            if not data:
+                continue
+            mine = [v for v in range(MSI_SLOTS) if data[4 * v: 4 * v + 4] != bytes(4)]
+            if mine:
+                self.guard(q.write_bytes, fn.msi_base, bytes(4 * MSI_SLOTS))
+            fired.extend(mine)
         return fired
 
-    def msix_control(self, enable: bool | None = None, maskall: bool | None = None) -> None:
+    def msix_control(self, fn: Function, enable: bool | None = None,
+                     maskall: bool | None = None) -> None:
         q = self.qtest
-        if q is None or not self.msix_cap:
+        if q is None or not fn.msix_cap:
             return
 
         def write(q: QTest) -> None:
-            control = q.cfg_read(DEVFN, self.msix_cap + 2, 2)
+            control = q.cfg_read(fn.devfn, fn.msix_cap + 2, 2)
             if enable is not None:
                 control = control & ~0x8000 | (0x8000 if enable else 0)
             if maskall is not None:
                 control = control & ~0x4000 | (0x4000 if maskall else 0)
-            q.cfg_write(DEVFN, self.msix_cap + 2, control, 2)
+            q.cfg_write(fn.devfn, fn.msix_cap + 2, control, 2)
 
         self.guard(write, q)
 
     # -- QMP: hot-plug, unplug, reset ------------------------------------------------------------
 
-    def device_add(self, device: DeviceSpec) -> str | None:
-        """Hot-plug; QEMU's error text when realize fails (QEMU keeps running)."""
+    def device_add(self, fn: Function, device: DeviceSpec) -> str | None:
+        """Hot-plug as device ``fn``; QEMU's error text when realize fails (QEMU keeps
+        running)."""
         qmp = self.qmp
         if qmp is None:
             return None
@@ -534,20 +601,20 @@ class Machine:
                 return None  # QEMU died or stopped answering: its outcome says which
         except QmpError as err:
             return str(err)
-        self.device = device
+        fn.spec = device
         self.hotplugged = True
-        self.setup_guest()
+        self.setup_guest(fn)
         return None
 
-    def device_del(self) -> None:
+    def device_del(self, fn: Function) -> None:
         """``device_del`` and the guest's ACPI eject; waits for ``DEVICE_DELETED``."""
         qmp, q = self.qmp, self.qtest
         if qmp is None or q is None:
             return
 
         def unplug() -> bool:
-            qmp.execute("device_del", id="dev0")
-            q.outl(ACPI_PCI_EJECT_PORT, 1 << SLOT)
+            qmp.execute("device_del", id=fn.id)
+            q.outl(ACPI_PCI_EJECT_PORT, 1 << fn.slot)
             if qmp.wait_event("DEVICE_DELETED", STEP_TIMEOUT) is None and self.poll() is None:
                 q.sync()
             return True
@@ -557,10 +624,41 @@ class Machine:
                 return
         except QmpError:
             return
-        self.device = None
-        self.msix_cap = 0
+        fn.spec = None
+        fn.msix_cap = 0
+        self.drain_rcu()
+
+    def drain_rcu(self) -> None:
+        """Wait for the RCU callbacks an unplug queued: the device's RAM block is freed, and
+        its fd closed, from QEMU's RCU thread 10-60 ms later (util/rcu.c
+        ``call_rcu_thread``, physmem.c ``reclaim_ramblock``), after the flat views that held
+        it are themselves reclaimed.  The model's unplug ends with that fd closed, so the step
+        ends there too: otherwise the next descriptor QEMU opens gets a number that depends on
+        the race (``model.device.stale_fd_handler_poll``).  A ``device_add`` that fails calls
+        ``drain_call_rcu`` before it answers (softmmu/qdev-monitor.c ``qmp_device_add``); a
+        driver that does not exist fails before anything is created.  Again until a drain
+        closes nothing more, at least twice: a callback one drain runs (a flat view's) may
+        queue the RAM block's."""
+        qmp = self.qmp
+        if qmp is None:
+            return
+
+        def drain() -> bool:
+            with contextlib.suppress(QmpError):
+                qmp.execute("device_add", driver=NO_DRIVER)
+            return True
+
+        held = self.fd_kinds()
+        for attempt in range(RCU_DRAINS):
+            if not self.guard(drain):
+                return
+            again = self.fd_kinds()
+            if again == held and attempt:
+                return
+            held = again
 
     def system_reset(self) -> None:
+        """``system_reset``: every device resets; the guest programs each again."""
         qmp = self.qmp
         if qmp is None:
             return
@@ -628,7 +726,10 @@ def typed_options(qmp: Qmp, driver: str, options: dict[str, str]) -> dict[str, A
     turned QMP arguments into strings first and accepted ``"vectors": "1"``; QEMU 10.0
     device_add visits them as typed JSON ("Parameter 'vectors' expects uint64"), so a bool
     property takes true/false and an integer property a number, which 7.2 accepts too."""
-    listed = qmp.execute("device-list-properties", typename=driver) or []
+    try:
+        listed = qmp.execute("device-list-properties", typename=driver) or []
+    except QmpError:  # no such type: device_add itself says so, in its own words
+        listed = []
     kinds = {prop["name"]: str(prop.get("type", "")) for prop in listed}
     out: dict[str, Any] = {}
     for key, value in options.items():
