@@ -13,7 +13,7 @@ disabled action.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ivshmem_model.model.state import (
     IN_FLIGHT,
@@ -89,6 +89,9 @@ Objects = tuple[FileObject | None, ...]
 Channels = tuple[tuple[Message, ...], ...]
 
 
+T = TypeVar("T")
+
+
 def _lowest_free(table: Sequence[object | None], hint: int) -> int:
     """The first ``None`` slot of ``table`` at or after ``hint`` (every slot below ``hint``
     is taken), or ``len(table)``."""
@@ -96,6 +99,14 @@ def _lowest_free(table: Sequence[object | None], hint: int) -> int:
         if table[index] is None:
             return index
     return len(table)
+
+
+def _put(table: list[T], index: int, item: T) -> None:
+    """``table[index] = item``, growing the table by one when ``index`` is its length."""
+    if index == len(table):
+        table.append(item)
+    else:
+        table[index] = item
 
 
 class World:
@@ -193,10 +204,7 @@ class World:
         """The lowest free object slot gets ``obj``."""
         objects = self._w_objects()
         index = _lowest_free(objects, self.free_object)
-        if index == len(objects):
-            objects.append(obj)
-        else:
-            objects[index] = obj
+        _put(objects, index, obj)
         self.free_object = index + 1
         return index
 
@@ -204,11 +212,7 @@ class World:
         """The lowest free descriptor number, as POSIX ``open`` and SCM_RIGHTS give."""
         fds = self._w_fds()
         index = _lowest_free(fds, self.free_fd)
-        fd = Fd(obj, owner, True, self.number(owner))
-        if index == len(fds):
-            fds.append(fd)
-        else:
-            fds[index] = fd
+        _put(fds, index, Fd(obj, owner, True, self.number(owner)))
         self.free_fd = index + 1
         return index
 

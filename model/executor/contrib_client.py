@@ -112,6 +112,25 @@ NOTIFICATION = re.compile(r"^receive notification from peer_id=(-?\d+) vector=(\
                           re.MULTILINE)
 
 
+
+def spawn_on_pty(program: str, path: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    """QEMU's C ivshmem-client on the socket ``path``, verbose, printing to a raw pty (no echo,
+    no "\r\n") and reading commands from a pipe: (process, the pty's master, the pipe)."""
+    master, slave = os.openpty()
+    stdin_r, stdin_w = os.pipe()
+    try:
+        tty.setraw(slave)
+        proc = subprocess.Popen([program, "-v", "-S", path], stdin=stdin_r,
+                                stdout=slave, stderr=slave)
+    except BaseException:
+        for fd in (master, stdin_w):
+            os.close(fd)
+        raise
+    finally:
+        os.close(slave)
+        os.close(stdin_r)
+    return proc, master, stdin_w
+
 @dataclass(frozen=True, slots=True)
 class ServerStep:
     op: Op
@@ -282,21 +301,11 @@ class RealClient:
         self.idents: dict[int, Ident] = {}
         self._text = ""
         self._lock = threading.Lock()
-        master, slave = os.openpty()
-        stdin_r, self.stdin = os.pipe()
         try:
-            tty.setraw(slave)  # no echo, no "\r\n"
-            self.proc = subprocess.Popen([program, "-v", "-S", self.path], stdin=stdin_r,
-                                         stdout=slave, stderr=slave)
+            self.proc, self.master, self.stdin = spawn_on_pty(program, self.path)
         except BaseException:
-            for fd in (master, self.stdin):
-                os.close(fd)
             self.listener.close()
             raise
-        finally:
-            os.close(slave)
-            os.close(stdin_r)
-        self.master = master
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 

@@ -41,15 +41,14 @@ import contextlib
 import fcntl
 import os
 import re
-import subprocess
 import termios
 import time
-import tty
 from collections import Counter
 from typing import Any
 
 from ivshmem_model.model.executor import wire
 from ivshmem_model.model.executor.contrib import contrib_programs
+from ivshmem_model.model.executor.contrib_client import spawn_on_pty
 from ivshmem_model.model.executor.qemu.channel import Channel
 
 Observation = dict[str, Any]
@@ -89,21 +88,8 @@ class PlainClient:
         self.failure: str | None = None  # the failure text, once its end was printed
         self._failing: list[str] = []
         self.own_fds: list[int] = []  # its own vectors' descriptors, from the last dump
-        master, slave = os.openpty()
-        stdin_r, self.stdin = os.pipe()
-        try:
-            tty.setraw(slave)  # no echo, no "\r\n"
-            self.proc = subprocess.Popen([program, "-v", "-S", channel.path], stdin=stdin_r,
-                                         stdout=slave, stderr=slave)
-        except BaseException:
-            for fd in (master, self.stdin):
-                os.close(fd)
-            raise
-        finally:
-            os.close(slave)
-            os.close(stdin_r)
-        os.set_blocking(master, False)
-        self.master = master
+        self.proc, self.master, self.stdin = spawn_on_pty(program, channel.path)
+        os.set_blocking(self.master, False)
 
     def text(self, since: int = 0) -> str:
         """What it printed, from offset ``since``."""
