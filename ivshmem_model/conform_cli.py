@@ -129,10 +129,13 @@ def record_case(path: Path, version: str, run: BackendRun, kvm: bool) -> None:
     obj = load_json_file(str(path))
     if obj.get("format") != CONFORMANCE_FORMAT or run.unsupported is not None:
         return
-    obj.setdefault("qemu", {})[version] = [
-        {"enabled": s.enabled, "observations": comparable(s.observations, kvm)}
-        for s in run.steps
-    ]
+    old = obj.get("qemu", {}).get(version) or []
+    steps = [{"enabled": s.enabled, "observations": comparable(s.observations, kvm)}
+             for s in run.steps]
+    for index, step in enumerate(steps):  # a step marked undefined behaviour stays marked
+        if index < len(old) and isinstance(old[index], dict) and old[index].get("undefined"):
+            step["undefined"] = True
+    obj.setdefault("qemu", {})[version] = steps
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 

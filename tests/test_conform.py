@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import assert_reproduces_as_recorded
@@ -234,3 +235,24 @@ def test_conform_bad_arguments_exit_2(args: list[str], capsys: pytest.CaptureFix
         pytest.skip("the configuration is checked after QEMU is found")
     assert main(args) == 2
     assert "ivshmem-model conform" in capsys.readouterr().err
+
+
+def test_a_step_marked_undefined_takes_any_abnormal_end_and_nothing_else() -> None:
+    """A use after free may SIGSEGV or trip an assertion from run to run: a case step marked
+    ``undefined`` accepts either, but not a process that runs on or other observations."""
+    from types import SimpleNamespace
+
+    crashed = {"enabled": True, "observations": ['{"fate": "crashed"}'], "undefined": True}
+    case = {"qemu": {"10.0": [crashed]}}
+
+    def steps(*observations: dict[str, Any]) -> list[Any]:
+        return [SimpleNamespace(enabled=True, observations=list(observations))]
+
+    aborted = {"fate": "aborted", "reason": "object_dynamic_cast_assert: Assertion `x' failed."}
+    assert check_case(case, "10.0", steps(aborted), kvm=False) is None
+    assert check_case(case, "10.0", steps({"fate": "crashed", "reason": "SIGSEGV"}),
+                      kvm=False) is None
+    assert check_case(case, "10.0", steps(), kvm=False) is not None
+    assert check_case(case, "10.0", steps(aborted, {"error": "x"}), kvm=False) is not None
+    del crashed["undefined"]
+    assert check_case(case, "10.0", steps(aborted), kvm=False) is not None
