@@ -12,7 +12,7 @@ files and the command line use them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -382,15 +382,20 @@ def site_of(message: str) -> str:
     return match.group(1) if match else ""
 
 
-def violations(state: SystemState) -> list[tuple[str, str]]:
-    """Every safety property ``state`` violates, as ``(name, message)``."""
+def _violated(props: Sequence[Property], state: SystemState) -> list[tuple[str, str]]:
+    """The properties of ``props`` that ``state`` violates, in order, as ``(name, message)``."""
     out = []
-    for prop in SAFETY:
+    for prop in props:
         assert prop.check is not None
         message = prop.check(state)
         if message is not None:
             out.append((prop.name, message))
     return out
+
+
+def violations(state: SystemState) -> list[tuple[str, str]]:
+    """Every safety property ``state`` violates, as ``(name, message)``."""
+    return _violated(SAFETY, state)
 
 
 class Judge:
@@ -413,19 +418,9 @@ class Judge:
         if local is None:
             if len(self._memo) >= self.LIMIT:
                 del self._memo[next(iter(self._memo))]
-            local = {}
-            for prop in _LOCAL:
-                assert prop.check is not None
-                message = prop.check(state)
-                if message is not None:
-                    local[prop.name] = message
+            local = dict(_violated(_LOCAL, state))
             self._memo[state.endpoints] = local
-        out = []
-        for prop in _GLOBAL:
-            assert prop.check is not None
-            message = prop.check(state)
-            if message is not None:
-                out.append((prop.name, message))
+        out = _violated(_GLOBAL, state)
         if local:
             out.extend(local.items())
             out.sort(key=lambda found: _ORDER[found[0]])
