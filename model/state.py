@@ -20,35 +20,55 @@ loop watches: a handler left on a closed descriptor watches whatever takes its n
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, make_dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ivshmem_model.model.actions import Config
-    from ivshmem_model.model.variants import Variant
+# Imported when run, not only for mypy: the mypyc build resolves field types at import.
+from ivshmem_model.model.actions import Config
+from ivshmem_model.model.variants import Variant
 
-def _cached_hash(self: Any) -> int:
+
+def _cached_hash(record: Any, compared: Callable[[Any], tuple[Any, ...]]) -> int:
     """Hash once: states are hashed by the explorer's seen set again and again, and an
-    unchanged endpoint or device is shared by consecutive states."""
-    h: int = self._hash
+    unchanged endpoint or device is shared by consecutive states.  ``compared`` gets the
+    compared fields as one tuple (``_compared``).  Each cached record defines ``__hash__``
+    in its body (a decorator assigning one would not compile with mypyc, and the dataclass
+    keeps an explicit ``__hash__``)."""
+    h: int = record._hash
     if not h:
-        h = hash(type(self)._hash_values(self)) or 1
-        object.__setattr__(self, "_hash", h)
+        h = hash(compared(record)) or 1
+        object.__setattr__(record, "_hash", h)
     return h
 
 
-def hash_cached(cls: Any) -> Any:
-    """Class decorator (outermost, above ``@dataclass``): a cached ``__hash__``."""
-    cls._hash_fields = tuple(f.name for f in fields(cls) if f.compare)
-    # The compared fields as one tuple (``attrgetter`` of two or more names returns a tuple).
-    assert len(cls._hash_fields) > 1, cls
-    cls._hash_values = operator.attrgetter(*cls._hash_fields)
-    cls.__hash__ = _cached_hash
-    return cls
+def _compared(cls: Any) -> Callable[[Any], tuple[Any, ...]]:
+    """The compared fields of the dataclass ``cls`` as one tuple (``attrgetter`` of two or
+    more names returns a tuple)."""
+    names = tuple(f.name for f in fields(cls) if f.compare)
+    assert len(names) > 1, cls
+    return operator.attrgetter(*names)
 
 
 def _hash_slot() -> Any:
     return field(default=0, init=False, repr=False, compare=False)
+
+
+class Record:
+    """The base of every state record: pickled as its class and its constructor's arguments
+    (Ray sends states), which a native class of the mypyc build needs (it has neither the
+    dataclass's ``__setstate__`` nor a settable frozen field); caches start empty again."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        record: Any = self
+        return (_rebuilt, (type(self), tuple(
+            getattr(self, f.name) for f in fields(record) if f.init)))
+
+
+def _rebuilt(cls: Any, values: tuple[Any, ...]) -> Any:
+    return cls(*values)
 
 
 # Heap-block lifetimes.
@@ -67,7 +87,7 @@ IVSHMEM_MSI = 1
 
 
 @dataclass(frozen=True, slots=True)
-class Fate:
+class Fate(Record):
     """How an endpoint's process ended: ``aborted`` (a C assert), ``crashed`` (a bad memory
     access: ``null_deref``, ``use_after_free``, ``double_free``, ``out_of_bounds``) or
     ``failed`` (realize error or exit(1), with QEMU's text)."""
@@ -87,7 +107,7 @@ class Fate:
 
 
 @dataclass(frozen=True, slots=True)
-class Fault:
+class Fault(Record):
     """A violation that does not end the process (a write to a closed descriptor, a read of
     stdin through a zeroed notifier, a close of a closed descriptor).  Sticky: kept in the
     endpoint so that state properties can judge it."""
@@ -99,7 +119,7 @@ class Fault:
 
 
 @dataclass(frozen=True, slots=True)
-class FileObject:
+class FileObject(Record):
     """A kernel object: an eventfd (``count`` = its counter, saturated at 1) or shared memory
     (``size`` bytes; ``data`` its non-zero bytes as sorted ``(offset, byte)`` pairs)."""
 
@@ -110,7 +130,7 @@ class FileObject:
 
 
 @dataclass(frozen=True, slots=True)
-class Fd:
+class Fd(Record):
     """One descriptor: ``owner`` is an endpoint (its process) or ``IN_FLIGHT``."""
 
     obj: int
@@ -124,7 +144,7 @@ class Fd:
 
 
 @dataclass(frozen=True, slots=True)
-class Peer:
+class Peer(Record):
     """``Peer`` (seed 72-75): ``eventfds`` lists the descriptors stored in slots 0, 1, ...;
     slots beyond the tuple are zeroed (``g_new0``); ``block`` is the array's lifetime."""
 
@@ -137,7 +157,7 @@ DEFAULT_PEER = Peer()
 
 
 @dataclass(frozen=True, slots=True)
-class MSIVector:
+class MSIVector(Record):
     """``MSIVector`` (seed 77-81); ``virq`` is the KVM route, named by the vector it serves."""
 
     pdev: bool = False
@@ -149,7 +169,7 @@ DEFAULT_MSI_VECTOR = MSIVector()
 
 
 @dataclass(frozen=True, slots=True)
-class Msix:
+class Msix(Record):
     """The PCI core's MSI-X state (``hw/pci/msix.c``): bit masks indexed by vector."""
 
     present: bool = False
@@ -174,7 +194,7 @@ PCI_COMMAND_MASTER = 0x4
 
 
 @dataclass(frozen=True, slots=True)
-class PciConfig:
+class PciConfig(Record):
     """The guest-writable part of the device's PCI configuration space (``hw/pci/pci.c``):
     the command register and the BAR registers as last written (``bars[i]`` is offset
     ``0x10 + 4*i``), and the interrupt line.  The defaults are what the guest driver writes
@@ -189,9 +209,8 @@ class PciConfig:
 DEFAULT_PCI = PciConfig()
 
 
-@hash_cached
 @dataclass(frozen=True, slots=True)
-class Device:
+class Device(Record):
     """``IVShmemState`` (seed 83-122), the part the model needs."""
 
     type: str
@@ -230,9 +249,12 @@ class Device:
     memdev: str = ""  # the id of the memory backend it maps (``memdev``), "" for none
     _hash: int = _hash_slot()
 
+    def __hash__(self) -> int:
+        return _cached_hash(self, _DEVICE_COMPARED)
+
 
 @dataclass(frozen=True, slots=True)
-class ClientPeer:
+class ClientPeer(Record):
     """A peer as the contrib client records it: its id and the descriptors of its vectors."""
 
     id: int
@@ -240,7 +262,7 @@ class ClientPeer:
 
 
 @dataclass(frozen=True, slots=True)
-class Client:
+class Client(Record):
     """The contrib client's view (``ivshmem-client``): setup progress, own id, shm, peers."""
 
     stage: int = 0  # 0: expects version, 1: expects id, 2: expects shm, 3: running
@@ -251,7 +273,7 @@ class Client:
 
 
 @dataclass(frozen=True, slots=True)
-class MemBackend:
+class MemBackend(Record):
     """A memory backend object (``-object memory-backend-*,id=NAME``, backends/hostmem.c) as a
     device sees it: its size; ``mapped``, ``host_memory_backend_is_mapped`` (a device maps it:
     set by realize, seed 914, cleared by ``ivshmem_exit``, seed 997-999); ``idstr``, whether
@@ -268,9 +290,8 @@ class MemBackend:
     data: tuple[tuple[int, int], ...] = ()
 
 
-@hash_cached
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(Record):
     """One process: a QEMU (``role`` "qemu", maybe with a device) or a plain client."""
 
     connected: bool = False
@@ -300,9 +321,12 @@ class Endpoint:
     memdev_fds: tuple[int, ...] = ()
     _hash: int = _hash_slot()
 
+    def __hash__(self) -> int:
+        return _cached_hash(self, _ENDPOINT_COMPARED)
+
 
 @dataclass(frozen=True, slots=True)
-class ServerPeer:
+class ServerPeer(Record):
     """A peer of the contrib server: its endpoint, id and the objects of its eventfds."""
 
     endpoint: int
@@ -310,9 +334,8 @@ class ServerPeer:
     eventfds: tuple[int, ...]
 
 
-@hash_cached
 @dataclass(frozen=True, slots=True)
-class Server:
+class Server(Record):
     up: bool = True
     cur_id: int = 0
     shm_obj: int = -1
@@ -322,13 +345,15 @@ class Server:
     failure: str = ""
     _hash: int = _hash_slot()
 
+    def __hash__(self) -> int:
+        return _cached_hash(self, _SERVER_COMPARED)
+
 
 Message = tuple[int, int]  # (value, descriptor or -1)
 
 
-@hash_cached
 @dataclass(frozen=True, slots=True)
-class SystemState:
+class SystemState(Record):
     server: Server
     endpoints: tuple[Endpoint, ...]
     channels: tuple[tuple[Message, ...], ...]
@@ -341,6 +366,15 @@ class SystemState:
     _refs: frozenset[int] | None = field(default=None, init=False, repr=False, compare=False)
     # Free-slot hints of ``fds`` and ``objects`` (model.proc.World): every slot below is taken.
     _free: tuple[int, int] = field(default=(0, 0), init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        return _cached_hash(self, _SYSTEMSTATE_COMPARED)
+
+
+_DEVICE_COMPARED = _compared(Device)
+_ENDPOINT_COMPARED = _compared(Endpoint)
+_SERVER_COMPARED = _compared(Server)
+_SYSTEMSTATE_COMPARED = _compared(SystemState)
 
 
 def sparse_get(pairs: tuple[tuple[int, Any], ...], index: int, default: Any) -> Any:
@@ -362,7 +396,10 @@ def _plain_init(cls: Any) -> None:
         (f.name, f.type, field(default=f.default, default_factory=f.default_factory,
                                init=f.init, repr=f.repr, compare=f.compare))
         for f in fields(cls)], slots=True)
-    cls.__init__ = twin.__init__
+    try:
+        cls.__init__ = twin.__init__
+    except TypeError:
+        return  # a native class (the mypyc build): its type cannot be changed, nor need be
     del cls.__setattr__
     del cls.__delattr__
 

@@ -135,6 +135,9 @@ class Work:
         # cycle that only the cyclic garbage collector frees (measured: ~10% of a contrib step)
         self.world.held = lambda m: endpoints[m].memdev_fds
         self.obs: list[Observation] = []
+        # whether commit collects closed descriptors nothing refers to (a caller that
+        # changes the state further collects once, at its end)
+        self.collect = True
 
     def proc(self, e: int) -> Proc:
         ep = self.endpoints[e]
@@ -234,7 +237,7 @@ class Work:
         if free[0] != self.world.free_fd or free[1] != self.world.free_object:
             free = (self.world.free_fd, self.world.free_object)
         object.__setattr__(state, "_free", free)
-        if self.world.closed_any or self.server is not self.state.server:
+        if self.collect and (self.world.closed_any or self.server is not self.state.server):
             state = collect_garbage(state)
         return state, self.obs
 
@@ -327,14 +330,16 @@ def _device_ready(ep: Endpoint) -> bool:
 
 
 def _run_device(
-    state: SystemState, e: int, body: Callable[[dev.IVShmemState], None]
+    state: SystemState, e: int, body: Callable[[dev.IVShmemState], None], collect: bool = True
 ) -> StepResult | None:
-    """Thaw endpoint ``e``'s device, run ``body`` on it, freeze.  ``None`` if not enabled."""
+    """Thaw endpoint ``e``'s device, run ``body`` on it, freeze.  ``None`` if not enabled.
+    ``collect``: collect garbage descriptors (``Work.collect``)."""
     ep = state.endpoints[e]
     if not _device_ready(ep):
         return None
     assert ep.device is not None
     work = Work(state)
+    work.collect = collect
     proc = work.proc(e)
     s = dev.IVShmemState(proc, ep.device)
     try:
@@ -900,13 +905,14 @@ def _unplug(state: SystemState, a: Unplug) -> StepResult | None:
         dev.pci_qdev_unrealize(s)
         unregistered = s.ram_unregistered
 
-    result = _run_device(state, a.endpoint, unrealize)
+    # one garbage collection, at the end (the device's descriptors go with its record)
+    result = _run_device(state, a.endpoint, unrealize, collect=False)
     if result is None:
         return None
     after, obs = result
     ep = after.endpoints[a.endpoint]
     if ep.fate is not None:
-        return result
+        return collect_garbage(after), obs
     endpoints = list(after.endpoints)
     endpoints[a.endpoint] = replace(ep, device=None, unplugged=True)
     device = state.endpoints[a.endpoint].device

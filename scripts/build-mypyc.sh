@@ -15,16 +15,15 @@
 # ones are a snapshot: rebuild after editing them (the script records their sources' digest
 # in build/mypyc/SOURCES.sha256; `--check` exits 1 when it is stale).
 #
-# Not compiled: model/state.py and model/actions.py (their dataclasses get a cached __hash__
-# from a class decorator, which a compiled native class does not take: the import crashes);
-# model/variants.py (a compiled frozen dataclass cannot be unpickled: Ray sends variants);
-# properties/invariants.py (compiled functions lose their docstrings, which are the
-# properties' plain-words meanings); everything off the explorer's path.  Seed coverage
+# Not compiled: model/actions.py (its records are built once per candidate action, not a
+# measured cost); model/variants.py (read once per search); properties/invariants.py
+# (compiled functions lose their docstrings, which are the properties' plain-words
+# meanings); everything off the explorer's path.  Seed coverage
 # (`explore --coverage`) traces Python frames, so it refuses to run on the compiled model.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODULES=(
-    model/system.py model/device.py model/msix.py model/pci.py
+    model/state.py model/system.py model/device.py model/msix.py model/pci.py
     model/proc.py model/server.py model/chardev.py
     properties/symmetry.py properties/explore.py properties/por.py
 )

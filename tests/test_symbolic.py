@@ -12,6 +12,7 @@ from ivshmem_model.model.actions import load_counterexample
 from ivshmem_model.model.variants import FIXED, QEMU_7_2, SEED, Variant
 from ivshmem_model.properties import symbolic, symbolic_decode
 from ivshmem_model.properties import symbolic_enc as enc
+from ivshmem_model.properties.explore import compiled
 from ivshmem_model.properties.symbolic_agree import agreement
 from ivshmem_model.properties.symbolic_enc import Flags, Sym
 from ivshmem_model.properties.trace import replay, run_trace
@@ -62,12 +63,16 @@ def test_seed_bmc_unmask_without_route_aborts(tmp_path: Path) -> None:
     assert dict(cx.expect)["fixed"] == "holds"
 
 
+@pytest.mark.skipif(compiled(), reason="the decoder watches model.device through mock.patch, "
+                    "which compiled callers do not see (mypyc build)")
 def test_doorbell_and_message_decode_theorems() -> None:
     assert symbolic_decode.prove_doorbell_decode() == z3.unsat
     assert symbolic_decode.prove_message_decode() == z3.unsat
     assert symbolic_decode.concrete_agreement(300, seed=3) == []
 
 
+@pytest.mark.skipif(compiled(), reason="the decoder watches model.device through mock.patch, "
+                    "which compiled callers do not see (mypyc build)")
 def test_doorbell_decode_sub_word_write_acts_as_doorbell() -> None:
     # seed 214-217 behind the memory core: a 1-byte write at 13 widens to a DOORBELL write.
     assert symbolic_decode.observe_write(13, 0x01, 1, True, set(), 16) == [
