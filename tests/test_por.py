@@ -4,16 +4,15 @@ search on every embedded configuration, fewer steps, and an independence relatio
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
-from helpers import contrib
+from helpers import contrib, independent_pairs_commute
 
 from ivshmem_model.cli import main
-from ivshmem_model.model.actions import Action, Config
+from ivshmem_model.model.actions import Config
 from ivshmem_model.model.state import SystemState
-from ivshmem_model.model.system import initial_state, step, successors
+from ivshmem_model.model.system import initial_state, successors
 from ivshmem_model.model.variants import SEED
 from ivshmem_model.properties import por
 from ivshmem_model.properties.configs import embedded_configs
@@ -64,33 +63,11 @@ def reachable(config: Config, depth: int, limit: int) -> list[SystemState]:
     return list(seen)[:limit]
 
 
-def both_orders(x: SystemState, a: Action, b: Action) -> tuple[object, object]:
-    out = []
-    for first, second in ((a, b), (b, a)):
-        one = step(x, first)
-        assert one is not None
-        two = step(one[0], second)
-        assert two is not None, f"{second} disabled after {first}"
-        out.append((two[0], one[1], two[1]))
-    (ab, obs_a, obs_ab), (ba, obs_b, obs_ba) = out
-    return (ab, obs_a, obs_b), (ba, obs_ba, obs_ab)
-
-
 @pytest.mark.parametrize("name", ["contrib-kvm", "legacy-intx", "contrib-tcg",
                                   "msix-reset-kvm"])
 def test_actions_called_independent_commute(name: str) -> None:
     config = CONFIGS[name].config
-    footprints = por.Footprints(config.endpoints)
-    pairs = 0
-    for x in reachable(config, 4, 400):
-        cache: dict[int, tuple[int, int]] = {}
-        moves = [(a, *footprints.of(x, a, y, cache)) for a, y, _ in successors(x)]
-        for (a, ra, da), (b, rb, db) in itertools.combinations(moves, 2):
-            if da & rb or db & ra:
-                continue
-            pairs += 1
-            ab, ba = both_orders(x, a, b)
-            assert ab == ba, f"{a} and {b} do not commute"
+    pairs = independent_pairs_commute(config, reachable(config, 4, 400))
     assert pairs > 20, pairs
 
 

@@ -7,10 +7,10 @@ backend's per-device guest layout.  The QEMU side runs in the conformance cases
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
+from helpers import independent_pairs_commute
 
 from ivshmem_model.model.actions import (
     Action,
@@ -34,7 +34,6 @@ from ivshmem_model.model.executor.qemu.backend import device_spec
 from ivshmem_model.model.executor.qemu.machine import BAR_STRIDE, HOME, Function
 from ivshmem_model.model.system import initial_state, step, successors
 from ivshmem_model.model.variants import get_variant
-from ivshmem_model.properties import por
 from ivshmem_model.properties.explore import ExploreOptions, explore
 from ivshmem_model.properties.symmetry import endpoint_classes
 from ivshmem_model.properties.trace import RunResult, run_trace
@@ -243,21 +242,9 @@ def test_sleep_sets_and_symmetry_keep_a_shared_process_sound() -> None:
         reduced = explore(config, variant, options)
         assert (reduced.states, set(reduced.found)) == (full.states, set(full.found))
     assert endpoint_classes(initial_state(config, variant)) == ()
-    footprints = por.Footprints(config.endpoints)
     seen = {initial_state(config, variant)}
     level = list(seen)
     for _ in range(3):
         level = [y for x in level for _, y, _ in successors(x) if not (y in seen or seen.add(y))]
-    pairs = 0
-    for x in list(seen)[:300]:
-        cache: dict[int, tuple[int, int]] = {}
-        moves = [(a, *footprints.of(x, a, y, cache)) for a, y, _ in successors(x)]
-        for (a, ra, da), (b, rb, db) in itertools.combinations(moves, 2):
-            if da & rb or db & ra:
-                continue
-            pairs += 1
-            first, second = step(x, a), step(x, b)
-            assert first is not None and second is not None
-            ab, ba = step(first[0], b), step(second[0], a)
-            assert ab is not None and ba is not None and ab[0] == ba[0], (a, b)
+    pairs = independent_pairs_commute(config, list(seen)[:300])
     assert pairs > 20
