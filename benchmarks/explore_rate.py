@@ -5,7 +5,8 @@ CPU second (``process_time``, which load from other processes disturbs less than
 without and with symmetry, and bytes per stored state (``tracemalloc`` peak over the
 states stored, with symmetry); for this tree also with the partial-order reduction
 (``--por``: step calls saved), and for the mypyc build (``--compiled``,
-``scripts/build-mypyc.sh``) if asked.  The baseline is ``git archive REV`` unpacked in a temporary
+``scripts/build-mypyc.sh``) if asked, against the baseline and against this tree interpreted
+(``x now``).  The baseline is ``git archive REV`` unpacked in a temporary
 folder (git's state is not touched); each measurement runs in a fresh interpreter whose
 ``PYTHONPATH`` is that tree, alternating baseline and this tree configuration by
 configuration, so both see the same machine load.  Prints figures; not a pass/fail test.
@@ -111,7 +112,8 @@ def row(name: str, label: str, old: dict[str, Any] | None, new: dict[str, Any],
     if fast is not None and label in fast:
         f = fast[label]
         line += (f" | {rate(f, 'states') / 1e3:>10.1f} "
-                 + (f"{rate(f, 'states') / rate(o, 'states'):>5.2f}" if o else f"{'-':>5}"))
+                 + (f"{rate(f, 'states') / rate(o, 'states'):>5.2f}" if o else f"{'-':>5}")
+                 + f" {rate(f, 'states') / rate(n, 'states'):>6.2f}")
     if o is not None and (o["states"], o["found"]) != (n["states"], n["found"]):
         line += "  DIFFERENT STATES OR FINDINGS"
     if label == "symmetry+por":
@@ -146,7 +148,7 @@ def main() -> None:
               "B/st: bytes per stored state (with symmetry)")
         print(f"{'config':14} {'run':12} {'states':>8} {'trans':>8} | {'base st/s':>9} "
               f"{'tr/s':>6} {'B/st':>5} | {'now st/s':>8} {'tr/s':>6} {'B/st':>5} {'x':>5}"
-              + (f" | {'mypyc st/s':>10} {'x':>5}" if compiled else ""))
+              + (f" | {'mypyc st/s':>10} {'x':>5} {'x now':>6}" if compiled else ""))
         for name in names:
             began = time.perf_counter()
             old = run_in(base, name, args.depth) if base is not None else None

@@ -28,7 +28,7 @@ from ivshmem_model.model.actions import (
 from ivshmem_model.model.variants import FIXED, VARIANTS, Variant, get_variant, variant_option
 from ivshmem_model.properties.configs import NamedConfig, embedded_configs, load_config_file
 from ivshmem_model.properties.corpus import make_counterexample, slug, write_counterexample
-from ivshmem_model.properties.explore import ExploreOptions, ExploreResult, explore
+from ivshmem_model.properties.explore import ExploreOptions, ExploreResult, compiled, explore
 from ivshmem_model.properties.invariants import PROPERTIES, SAFETY, site_of
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +320,9 @@ def run_explore(args: argparse.Namespace) -> int:
             raise TraceError("--resume needs --checkpoint DIR", "--resume")
         if args.por and (args.workers > 1 or args.ray or args.checkpoint):
             raise TraceError("--por runs in one process", "--por")
+        if args.coverage and compiled():
+            raise TraceError("seed coverage traces the interpreted model: run without the "
+                             "mypyc build on PYTHONPATH", "--coverage")
         from ivshmem_model.properties.distributed import DistributedError
 
         try:

@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 from helpers import contrib, doorbell, play, scripted
 
+from ivshmem_model.cli import main
 from ivshmem_model.model.actions import (
     Connect,
     Deliver,
@@ -125,6 +126,13 @@ def test_coverage_reports_seed_functions_lines_and_never_enabled_actions() -> No
     assert 0 < report["seed_lines_covered"] < report["seed_lines_total"]
     assert "server_send" in report["actions_never_enabled"]  # contrib policy
     assert "connect" not in report["actions_never_enabled"]
+
+
+@pytest.mark.skipif(not compiled(), reason="the mypyc build's refusal (scripts/test-compiled.sh)")
+def test_the_compiled_build_refuses_coverage_with_a_clear_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explore", "--depth", "2", "--coverage"]) == 2
+    assert "--coverage: seed coverage traces the interpreted model" in capsys.readouterr().err
 
 
 RESULT_2_ENDPOINTS_DEPTH_6 = (831, 4001)  # a failed re-realize after unplug keeps QEMU
