@@ -30,15 +30,14 @@ from ivshmem_model.model.variants import Variant
 
 
 def _cached_hash(record: Any, compared: Callable[[Any], tuple[Any, ...]]) -> int:
-    """Hash once: states are hashed by the explorer's seen set again and again, and an
-    unchanged endpoint or device is shared by consecutive states.  ``compared`` gets the
-    compared fields as one tuple (``_compared``).  Each cached record defines ``__hash__``
-    in its body (a decorator assigning one would not compile with mypyc, and the dataclass
-    keeps an explicit ``__hash__``)."""
-    h: int = record._hash
-    if not h:
-        h = hash(compared(record)) or 1
-        object.__setattr__(record, "_hash", h)
+    """The hash of ``record``, computed once and kept in its ``_hash`` (0: not yet): states
+    are hashed by the explorer's seen set again and again, and an unchanged endpoint or
+    device is shared by consecutive states.  ``compared`` gets the compared fields as one
+    tuple (``_compared``).  Each cached record's ``__hash__``, in its class body, reads
+    ``_hash`` first and calls this only once (a decorator assigning ``__hash__`` would not
+    compile with mypyc; the dataclass keeps an explicit one)."""
+    h: int = hash(compared(record)) or 1
+    object.__setattr__(record, "_hash", h)
     return h
 
 
@@ -250,7 +249,7 @@ class Device(Record):
     _hash: int = _hash_slot()
 
     def __hash__(self) -> int:
-        return _cached_hash(self, _DEVICE_COMPARED)
+        return self._hash or _cached_hash(self, _DEVICE_COMPARED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +321,7 @@ class Endpoint(Record):
     _hash: int = _hash_slot()
 
     def __hash__(self) -> int:
-        return _cached_hash(self, _ENDPOINT_COMPARED)
+        return self._hash or _cached_hash(self, _ENDPOINT_COMPARED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +345,7 @@ class Server(Record):
     _hash: int = _hash_slot()
 
     def __hash__(self) -> int:
-        return _cached_hash(self, _SERVER_COMPARED)
+        return self._hash or _cached_hash(self, _SERVER_COMPARED)
 
 
 Message = tuple[int, int]  # (value, descriptor or -1)
@@ -368,7 +367,7 @@ class SystemState(Record):
     _free: tuple[int, int] = field(default=(0, 0), init=False, repr=False, compare=False)
 
     def __hash__(self) -> int:
-        return _cached_hash(self, _SYSTEMSTATE_COMPARED)
+        return self._hash or _cached_hash(self, _SYSTEMSTATE_COMPARED)
 
 
 _DEVICE_COMPARED = _compared(Device)
