@@ -361,8 +361,6 @@ class SystemState(Record):
     config: Config = field(compare=False, hash=False, repr=False)
     variant: Variant = field(compare=False, hash=False, repr=False)
     _hash: int = _hash_slot()
-    # Descriptors referenced by the state, computed once (model.system.referenced_descriptors).
-    _refs: frozenset[int] | None = field(default=None, init=False, repr=False, compare=False)
     # Free-slot hints of ``fds`` and ``objects`` (model.proc.World): every slot below is taken.
     _free: tuple[int, int] = field(default=(0, 0), init=False, repr=False, compare=False)
 
@@ -389,7 +387,7 @@ def _plain_init(cls: Any) -> None:
     through ``object.__setattr__``, eight times slower than the slot store a plain one makes,
     and the explorer builds about three records per transition.  The records stay frozen
     where it is checked: mypy sees ``frozen=True`` and rejects any assignment to a field;
-    only the run-time guard goes (the caches ``_hash``, ``_refs``, ``_free`` were always
+    only the run-time guard goes (the caches ``_hash`` and ``_free`` were always
     written past it)."""
     twin: Any = make_dataclass(cls.__name__, [
         (f.name, f.type, field(default=f.default, default_factory=f.default_factory,

@@ -263,20 +263,17 @@ def endpoint_descriptors(ep: Endpoint, refs: set[int]) -> set[int]:
     return refs
 
 
-def referenced_descriptors(state: SystemState) -> frozenset[int]:
-    """Every descriptor number something in the state refers to (computed once per state)."""
-    cached = state._refs
-    if cached is not None:
-        return cached
+def referenced_descriptors(state: SystemState) -> set[int]:
+    """Every descriptor number something in the state refers to.  Not kept on the state: a
+    set of a few numbers costs 200 bytes or more, and the frontier of a search holds millions
+    of states (the garbage collector and ``fd_conservation`` each compute it, ~1 µs)."""
     refs: set[int] = set()
     for ep in state.endpoints:
         endpoint_descriptors(ep, refs)
     for channel in state.channels:
         refs.update(d for _, d in channel)
     refs.discard(-1)
-    frozen = frozenset(refs)
-    object.__setattr__(state, "_refs", frozen)
-    return frozen
+    return refs
 
 
 def collect_garbage(state: SystemState) -> SystemState:

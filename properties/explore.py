@@ -50,7 +50,7 @@ from ivshmem_model.model.state import SystemState
 from ivshmem_model.model.system import candidates, initial_state, step
 from ivshmem_model.model.variants import Variant
 from ivshmem_model.properties.invariants import PROPERTIES, Judge, Property, site_of, violations
-from ivshmem_model.properties.por import Footprints, Sleep, intersect, offered
+from ivshmem_model.properties.por import NO_SLEEP, Footprints, Sleep, intersect, offered
 from ivshmem_model.properties.symmetry import representative
 from ivshmem_model.properties.trace import run_trace
 
@@ -122,8 +122,48 @@ def rebuild_path(parents: Parents, key: Key) -> tuple[Action, ...]:
 
 
 def fingerprint(key: Key) -> int:
-    """A stored state's 64-bit fingerprint: its hash, cached on its records."""
-    return hash(key)
+    """A stored state's 64-bit fingerprint: its hash, cached on its records.  For a state, the
+    very int object the state keeps (``SystemState._hash``): while the state is in the
+    frontier the seen set's entry costs no int of its own (36 bytes)."""
+    h = hash(key)
+    kept: int = getattr(key, "_hash", h)  # equal to h once hashed
+    return kept
+
+
+class Frontier:
+    """The states of one depth, in three parallel sequences: the concrete states, their
+    serials and their sleep sets (a tuple and an int object per state would cost ~95 bytes;
+    these cost 24).  A state is let go once expanded (:meth:`release`)."""
+
+    __slots__ = ("serials", "sleeps", "states")
+
+    def __init__(self) -> None:
+        self.states: list[SystemState | None] = []
+        self.serials = array("q")
+        self.sleeps: list[Sleep] = []
+
+    def append(self, state: SystemState, serial: int, sleep: Sleep) -> None:
+        self.states.append(state)
+        self.serials.append(serial)
+        self.sleeps.append(sleep)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def release(self, index: int) -> None:
+        """Drop the state at ``index`` (expanded: the search does not look at it again)."""
+        self.states[index] = None
+
+    def meet(self, index: int | None, reached: SystemState, offer: Sleep) -> None:
+        """Another in-edge from the level before reached the state at ``index``: keep only
+        the actions asleep on both (none if it reached another concrete state of the orbit).
+        ``None``: a state of an earlier level (a longer path, not offered)."""
+        if index is None:
+            return
+        state = self.states[index]
+        if reached is not state and reached != state:
+            offer = NO_SLEEP
+        self.sleeps[index] = intersect(self.sleeps[index], offer)
 
 
 def _witnessed(obs: list[dict[str, Any]], among: tuple[Property, ...] = SOMETIMES) -> list[str]:
@@ -287,7 +327,8 @@ def _explore_one(
     judged = Judge()  # violations(), reusing verdicts on unchanged endpoint records
     unwitnessed = SOMETIMES  # only the first witness of each is kept: stop asking once found
     search.judge(root, judged(init))
-    frontier: list[tuple[SystemState, int, Sleep]] = [(init, root, {})]
+    frontier = Frontier()
+    frontier.append(init, root, NO_SLEEP)
     depth = 0
     while frontier:
         if freezing:
@@ -296,13 +337,16 @@ def _explore_one(
         if depth >= options.max_depth:
             result.complete = False
             break
-        following: list[tuple[SystemState, int, Sleep]] = []
+        following = Frontier()
         pending: dict[Key, int] = {}  # por: where in ``following`` a state of this level is
         # The states of the last level are judged and counted, never expanded: not kept.
         last = depth + 1 >= options.max_depth
         beyond = 0
         sleeping = None if last else footprints
-        for done, (state, serial, asleep) in enumerate(frontier):
+        for done, (state, serial, asleep) in enumerate(
+                zip(frontier.states, frontier.serials, frontier.sleeps, strict=True)):
+            assert state is not None
+            frontier.release(done)
             if progress is not None and result.states % 2048 == 0:
                 progress(result, len(frontier) - done + len(following))
             key = (canon(state) if canon else state) if graph is not None else None
@@ -340,12 +384,12 @@ def _explore_one(
                         ids[nkey] = len(ids)
                         graph.add_node(ids[nkey], state=nxt, depth=depth + 1)
                     graph.add_edge(ids[key], ids[nkey], action=action)
-                offer: Sleep = {}
+                offer: Sleep = NO_SLEEP
                 if sleeping is not None:
                     offer = offered(asleep, stepped_here, reads, changed)
                     stepped_here.append((action, reads, changed))
                     if not new:
-                        _meet(following, pending.get(mark), nxt, offer)
+                        following.meet(pending.get(mark), nxt, offer)
                 if not new:
                     continue
                 seen.add(mark)
@@ -357,7 +401,7 @@ def _explore_one(
                     continue
                 if sleeping is not None:
                     pending[mark] = len(following)
-                following.append((nxt, nserial, offer))
+                following.append(nxt, nserial, offer)
             if search.out_of_budget():
                 result.complete = False
                 return search
@@ -371,13 +415,3 @@ def _explore_one(
     return search
 
 
-def _meet(following: list[tuple[SystemState, int, Sleep]], index: int | None,
-          reached: SystemState, offer: Sleep) -> None:
-    """Another in-edge from this level reached a state of the next level: keep only the
-    actions asleep on both (none if it reached another concrete state of the orbit)."""
-    if index is None:
-        return  # a state of this level or an earlier one: a longer path, not offered
-    state, serial, kept = following[index]
-    if reached is not state and reached != state:
-        offer = {}
-    following[index] = (state, serial, intersect(kept, offer))

@@ -135,6 +135,9 @@ GLOBAL: frozenset[type[Action]] = frozenset({Connect, Disconnect, ServerExit, Un
 CHANNEL: frozenset[type[Action]] = frozenset({Deliver, Realize, ServerSend})
 
 Sleep = dict[Action, tuple[int, int]]  # asleep action -> (R, Δ) masks
+# The empty sleep set, one for every state that has none (most): a dict per frontier state
+# would cost 64 bytes.  Never written: ``offered`` and ``intersect`` build new ones.
+NO_SLEEP: Sleep = {}
 
 
 class FootprintError(Exception):
@@ -294,11 +297,11 @@ def offered(asleep: Sleep, stepped: list[tuple[Action, int, int]], reads: int,
     for b, rb, db in stepped:
         if not (changed & rb or db & reads):
             out[b] = (rb, db)
-    return out
+    return out or NO_SLEEP
 
 
 def intersect(kept: Sleep, offer: Sleep) -> Sleep:
     """The actions asleep on both in-edges (their masks agree: the same state, same inputs)."""
     if not kept:
         return kept
-    return {b: masks for b, masks in kept.items() if b in offer}
+    return {b: masks for b, masks in kept.items() if b in offer} or NO_SLEEP
