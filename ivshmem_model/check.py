@@ -320,6 +320,8 @@ def run_explore(args: argparse.Namespace) -> int:
             raise TraceError("--resume needs --checkpoint DIR", "--resume")
         if args.por and (args.workers > 1 or args.ray or args.checkpoint):
             raise TraceError("--por runs in one process", "--por")
+        if args.low_memory and (args.por or args.workers > 1 or args.ray or args.checkpoint):
+            raise TraceError("--low-memory runs in one process, without --por", "--low-memory")
         if args.coverage and compiled():
             raise TraceError("seed coverage traces the interpreted model: run without the "
                              "mypyc build on PYTHONPATH", "--coverage")
@@ -331,7 +333,8 @@ def run_explore(args: argparse.Namespace) -> int:
                                             time_limit=600.0, symmetry=args.symmetry,
                                             workers=args.workers, coverage=args.coverage,
                                             ray=args.ray, checkpoint=args.checkpoint,
-                                            resume=args.resume, por=args.por),
+                                            resume=args.resume, por=args.por,
+                                            low_memory=args.low_memory),
                              progress)
         except DistributedError as err:
             where = "--ray" if args.ray else "--checkpoint" if args.checkpoint else "--workers"

@@ -235,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--por", action="store_true",
                          help="partial-order reduction by sleep sets: the same states and "
                               "findings, fewer steps (one process; properties/por.py)")
+    explore.add_argument("--low-memory", action="store_true",
+                         help="keep the next level as serials and rebuild each state from its "
+                              "parent (one more step per state, the same result; one process, "
+                              "not with --por)")
     explore.add_argument("--coverage", action="store_true",
                          help="report the seed functions and lines exercised (slow)")
     explore.add_argument("--json", action="store_true", help="machine-readable output")

@@ -74,6 +74,10 @@ class ExploreOptions:
     fingerprints: bool = True
     # Sleep sets (properties/por.py): the same states and findings, fewer ``step`` calls.
     por: bool = False
+    # Keep the next level as serials only and rebuild each state from its parent when it is
+    # expanded (one more ``step`` per state): the frontier then holds two levels' worth of
+    # states less.  The same states, transitions and findings (Frontier).
+    low_memory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,8 @@ class Frontier:
         self.serials = array("q")
         self.sleeps: list[Sleep] = []
 
-    def append(self, state: SystemState, serial: int, sleep: Sleep) -> None:
+    def append(self, state: SystemState | None, serial: int, sleep: Sleep) -> None:
+        """``state`` ``None``: rebuilt when expanded (``ExploreOptions.low_memory``)."""
         self.states.append(state)
         self.serials.append(serial)
         self.sleeps.append(sleep)
@@ -161,6 +166,7 @@ class Frontier:
         if index is None:
             return
         state = self.states[index]
+        assert state is not None  # sleep sets are not kept with low_memory
         if reached is not state and reached != state:
             offer = NO_SLEEP
         self.sleeps[index] = intersect(self.sleeps[index], offer)
@@ -262,6 +268,9 @@ def explore(
     if options.por and (options.graph or options.workers > 1 or options.ray
                         or options.checkpoint):
         raise ValueError("por is a one-process option without graph (properties/por.py)")
+    if options.low_memory and (options.por or options.workers > 1 or options.ray
+                               or options.checkpoint):
+        raise ValueError("low_memory is a one-process option without por")
     if options.coverage and compiled():
         raise ValueError("coverage traces the interpreted model: run without the mypyc build")
     if options.coverage or options.graph:
@@ -329,6 +338,7 @@ def _explore_one(
     search.judge(root, judged(init))
     frontier = Frontier()
     frontier.append(init, root, NO_SLEEP)
+    rebuild = _Rebuilder(search) if options.low_memory else None
     depth = 0
     while frontier:
         if freezing:
@@ -345,8 +355,10 @@ def _explore_one(
         sleeping = None if last else footprints
         for done, (state, serial, asleep) in enumerate(
                 zip(frontier.states, frontier.serials, frontier.sleeps, strict=True)):
-            assert state is not None
             frontier.release(done)
+            if rebuild is not None:
+                state = rebuild(state, serial)
+            assert state is not None
             if progress is not None and result.states % 2048 == 0:
                 progress(result, len(frontier) - done + len(following))
             key = (canon(state) if canon else state) if graph is not None else None
@@ -401,7 +413,7 @@ def _explore_one(
                     continue
                 if sleeping is not None:
                     pending[mark] = len(following)
-                following.append(nxt, nserial, offer)
+                following.append(None if rebuild is not None else nxt, nserial, offer)
             if search.out_of_budget():
                 result.complete = False
                 return search
@@ -411,7 +423,49 @@ def _explore_one(
                 result.complete = False
             break
         frontier = following
+        if rebuild is not None:
+            rebuild.next_level()
         depth += 1
     return search
+
+
+class _Rebuilder:
+    """``ExploreOptions.low_memory``: a level is kept as serials only, and each state is
+    rebuilt when expanded, by stepping its parent (kept from the level before) with the
+    action at its recorded position in ``candidates`` (``step`` is deterministic: the very
+    state the search found).  Serials are given level by level in frontier order, so the
+    parents of a level are one run of serials, kept in a list, and they are met in order: a
+    parent is let go once a later one is used."""
+
+    def __init__(self, search: _Search) -> None:
+        self.search = search
+        self.parents: list[SystemState | None] = []  # the level before, by serial - first
+        self.first = 0
+        self.released = 0  # parents below this index are let go
+        self.expanded: list[SystemState | None] = []  # this level's, kept as the next parents
+        self.expanded_first = -1
+
+    def __call__(self, state: SystemState | None, serial: int) -> SystemState:
+        if state is None:
+            index = self.search.parent[serial] - self.first
+            while self.released < index:
+                self.parents[self.released] = None
+                self.released += 1
+            parent = self.parents[index]
+            assert parent is not None
+            action = next(itertools.islice(candidates(parent), self.search.via[serial], None))
+            stepped = step(parent, action)
+            assert stepped is not None, "a recorded step no longer enabled"
+            state = stepped[0]
+        if not self.expanded:
+            self.expanded_first = serial
+        self.expanded.append(state)
+        return state
+
+    def next_level(self) -> None:
+        """The level just expanded becomes the parents; the one before is let go."""
+        self.parents, self.first = self.expanded, self.expanded_first
+        self.released = 0
+        self.expanded = []
 
 

@@ -5,6 +5,7 @@ counterexamples replayed, a planted bug found, coverage reported (several worker
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from helpers import contrib, doorbell, play, scripted
@@ -177,3 +178,28 @@ def test_a_search_leaves_the_garbage_collector_as_it_found_it() -> None:
         assert gc.get_freeze_count() == mine
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("symmetry", [False, True])
+def test_low_memory_rebuilds_the_very_search(symmetry: bool) -> None:
+    """Each state rebuilt from its parent: the same states, transitions, findings, shortest
+    paths and witnesses as the search that keeps the states, on every embedded configuration."""
+    for named in embedded_configs():
+        kept = explore(named.config, SEED, ExploreOptions(max_depth=6, symmetry=symmetry))
+        rebuilt = explore(named.config, SEED, ExploreOptions(max_depth=6, symmetry=symmetry,
+                                                             low_memory=True))
+        assert (rebuilt.states, rebuilt.transitions, rebuilt.depth, rebuilt.complete) == (
+            kept.states, kept.transitions, kept.depth, kept.complete), named.name
+        assert rebuilt.found == kept.found and rebuilt.witnesses == kept.witnesses, named.name
+
+
+def test_low_memory_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    reports = []
+    for extra in ([], ["--low-memory"]):
+        assert main(["explore", "--depth", "5", "--json", *extra]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    timing = {"seconds", "states_per_second"}
+    kept, rebuilt = ({k: v for k, v in r.items() if k not in timing} for r in reports)
+    assert kept == rebuilt and kept["violations"]
+    assert main(["explore", "--low-memory", "--por"]) == 2
+    assert "--low-memory runs in one process" in capsys.readouterr().err
