@@ -54,20 +54,25 @@ def _hash_slot() -> Any:
 
 
 class Record:
-    """The base of every state record: pickled as its class and its constructor's arguments
-    (Ray sends states), which a native class of the mypyc build needs (it has neither the
-    dataclass's ``__setstate__`` nor a settable frozen field); caches start empty again."""
+    """The base of every state record: pickled as its class, its constructor's arguments and
+    its caches (``_hash``, ``_free``: Ray's partitions use the hash a state carries), which a
+    native class of the mypyc build needs (it has neither the dataclass's ``__setstate__``
+    nor a field that can be set but through ``object.__setattr__``)."""
 
     __slots__ = ()
 
     def __reduce__(self) -> tuple[Any, ...]:
         record: Any = self
-        return (_rebuilt, (type(self), tuple(
-            getattr(self, f.name) for f in fields(record) if f.init)))
+        return (_rebuilt, (
+            type(self), tuple(getattr(self, f.name) for f in fields(record) if f.init),
+            tuple((f.name, getattr(self, f.name)) for f in fields(record) if not f.init)))
 
 
-def _rebuilt(cls: Any, values: tuple[Any, ...]) -> Any:
-    return cls(*values)
+def _rebuilt(cls: Any, values: tuple[Any, ...], caches: tuple[tuple[str, Any], ...]) -> Any:
+    record = cls(*values)
+    for name, value in caches:
+        object.__setattr__(record, name, value)
+    return record
 
 
 # Heap-block lifetimes.
