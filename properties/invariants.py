@@ -11,9 +11,13 @@ files and the command line use them.
 
 from __future__ import annotations
 
+import ast
+import functools
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ivshmem_model.model.state import IN_FLIGHT, IVSHMEM_MSI, Endpoint, SystemState
@@ -321,31 +325,52 @@ def _has(kind: str) -> Callable[[list[Observation]], bool]:
     return lambda obs: any(kind in o for o in obs)
 
 
+def _doc(check: Callable[[SystemState], str | None]) -> str:
+    """A check's docstring: the property's meaning in plain words.  The mypyc build drops
+    docstrings (scripts/build-mypyc.sh compiles this module); there they are read from this
+    module's source, which the build's package path always reaches."""
+    if check.__doc__:
+        return check.__doc__
+    return _source_docs()[check.__name__]
+
+
+@functools.cache
+def _source_docs() -> dict[str, str]:
+    package = sys.modules[__name__.rpartition(".")[0]]
+    for folder in package.__path__:
+        source = Path(folder) / "invariants.py"
+        if source.is_file():
+            tree = ast.parse(source.read_text(encoding="utf-8"))
+            return {node.name: ast.get_docstring(node, clean=False) or ""
+                    for node in tree.body if isinstance(node, ast.FunctionDef)}
+    raise FileNotFoundError(f"the source of {__name__}, for its properties' meanings")
+
+
 PROPERTIES: tuple[Property, ...] = (
-    Property("vector_bounds", "always", vector_bounds.__doc__ or "", check=vector_bounds,
+    Property("vector_bounds", "always", _doc(vector_bounds), check=vector_bounds,
              local=True),
-    Property("mask_balance", "always", mask_balance.__doc__ or "", check=mask_balance, local=True),
-    Property("route_balance", "always", route_balance.__doc__ or "", check=route_balance,
+    Property("mask_balance", "always", _doc(mask_balance), check=mask_balance, local=True),
+    Property("route_balance", "always", _doc(route_balance), check=route_balance,
              local=True),
-    Property("memory_safety", "always", memory_safety.__doc__ or "", check=memory_safety,
+    Property("memory_safety", "always", _doc(memory_safety), check=memory_safety,
              local=True),
-    Property("no_abort", "always", no_abort.__doc__ or "", check=no_abort, local=True),
-    Property("fd_conservation", "always", fd_conservation.__doc__ or "", check=fd_conservation),
-    Property("peer_view", "always", peer_view.__doc__ or "", check=peer_view),
-    Property("id_unique", "always", id_unique.__doc__ or "", check=id_unique, local=True),
-    Property("ivposition", "always", ivposition.__doc__ or "", check=ivposition),
-    Property("intx_rule", "always", intx_rule.__doc__ or "", check=intx_rule, local=True),
-    Property("master_unique", "always", master_unique.__doc__ or "", check=master_unique,
+    Property("no_abort", "always", _doc(no_abort), check=no_abort, local=True),
+    Property("fd_conservation", "always", _doc(fd_conservation), check=fd_conservation),
+    Property("peer_view", "always", _doc(peer_view), check=peer_view),
+    Property("id_unique", "always", _doc(id_unique), check=id_unique, local=True),
+    Property("ivposition", "always", _doc(ivposition), check=ivposition),
+    Property("intx_rule", "always", _doc(intx_rule), check=intx_rule, local=True),
+    Property("master_unique", "always", _doc(master_unique), check=master_unique,
              local=True),
-    Property("no_hang", "always", no_hang.__doc__ or "", check=no_hang, local=True),
-    Property("msi_rule", "always", msi_rule.__doc__ or "", check=msi_rule, local=True),
-    Property("bar2_width", "always", bar2_width.__doc__ or "", check=bar2_width, local=True),
-    Property("protocol_agreement", "always", protocol_agreement.__doc__ or "",
+    Property("no_hang", "always", _doc(no_hang), check=no_hang, local=True),
+    Property("msi_rule", "always", _doc(msi_rule), check=msi_rule, local=True),
+    Property("bar2_width", "always", _doc(bar2_width), check=bar2_width, local=True),
+    Property("protocol_agreement", "always", _doc(protocol_agreement),
              check=protocol_agreement, local=True),
-    Property("migration_blockers", "always", migration_blockers.__doc__ or "",
+    Property("migration_blockers", "always", _doc(migration_blockers),
              check=migration_blockers, local=True),
-    Property("serves_on", "always", serves_on.__doc__ or "", check=serves_on),
-    Property("own_vectors_watched", "always", own_vectors_watched.__doc__ or "",
+    Property("serves_on", "always", _doc(serves_on), check=serves_on),
+    Property("own_vectors_watched", "always", _doc(own_vectors_watched),
              check=own_vectors_watched, local=True),
     Property(
         "doorbell_reaches_msi", "sometimes",
