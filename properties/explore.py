@@ -134,6 +134,15 @@ def fingerprint(key: Key) -> int:
     return kept
 
 
+def replay_position(state: SystemState, position: int) -> tuple[Action, SystemState]:
+    """The ``position``-th action of ``candidates(state)`` and the state it leads to: a step
+    the search recorded, so enabled (``step`` is deterministic)."""
+    action = next(itertools.islice(candidates(state), position, None))
+    stepped = step(state, action)
+    assert stepped is not None, "a recorded step no longer replays"
+    return action, stepped[0]
+
+
 class Frontier:
     """The states of one depth, in three parallel sequences: the concrete states, their
     serials and their sleep sets (a tuple and an int object per state would cost ~95 bytes;
@@ -209,10 +218,7 @@ class _Search:
         state = initial_state(self.config, self.variant)
         actions: list[Action] = []
         for position in reversed(positions):
-            action = next(itertools.islice(candidates(state), position, None))
-            stepped = step(state, action)
-            assert stepped is not None, "a stored path no longer replays"
-            state = stepped[0]
+            action, state = replay_position(state, position)
             actions.append(action)
         return tuple(actions)
 
@@ -453,10 +459,7 @@ class _Rebuilder:
                 self.released += 1
             parent = self.parents[index]
             assert parent is not None
-            action = next(itertools.islice(candidates(parent), self.search.via[serial], None))
-            stepped = step(parent, action)
-            assert stepped is not None, "a recorded step no longer enabled"
-            state = stepped[0]
+            _, state = replay_position(parent, self.search.via[serial])
         if not self.expanded:
             self.expanded_first = serial
         self.expanded.append(state)
