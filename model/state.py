@@ -63,9 +63,14 @@ class Record:
 
     def __reduce__(self) -> tuple[Any, ...]:
         record: Any = self
-        return (_rebuilt, (
-            type(self), tuple(getattr(self, f.name) for f in fields(record) if f.init),
-            tuple((f.name, getattr(self, f.name)) for f in fields(record) if not f.init)))
+        values: list[Any] = []
+        caches: list[tuple[str, Any]] = []
+        for f in fields(record):  # one pass: Ray pickles every record of every state it moves
+            if f.init:
+                values.append(getattr(self, f.name))
+            else:
+                caches.append((f.name, getattr(self, f.name)))
+        return (_rebuilt, (type(self), tuple(values), tuple(caches)))
 
 
 def _rebuilt(cls: Any, values: tuple[Any, ...], caches: tuple[tuple[str, Any], ...]) -> Any:
