@@ -10,8 +10,6 @@ code would read or write past ``msix_table`` / ``msix_pba``.
 
 from __future__ import annotations
 
-import dataclasses
-import operator
 from collections.abc import Callable
 
 from ivshmem_model.model.proc import Abort, Crash, Proc
@@ -30,11 +28,6 @@ PCI_MSIX_FLAGS_QSIZE = 0x7FF
 UseNotifier = Callable[["PCIDevice", int], int]
 ReleaseNotifier = Callable[["PCIDevice", int], None]
 PollNotifier = Callable[["PCIDevice", int, int], None]
-
-
-# ``Msix``'s fields, for ``PCIDevice.freeze_msix`` to compare before it builds a record (a
-# field added to ``Msix`` makes the tuples differ in length: then it always builds).
-_msix_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(Msix)))
 
 
 class PCIDevice:
@@ -64,7 +57,7 @@ class PCIDevice:
         self.msix_vector_poll_notifier: PollNotifier | None = None
 
     def freeze_msix(self, original: Msix | None = None) -> Msix:
-        if original is not None and _msix_fields(original) == (
+        if original is not None and original._compared() == (
                 self.msix_present, self.msix_entries_nr, self.msix_table, self.msix_enable,
                 self.msix_maskall, self.msix_function_masked, self.msix_masked, self.msix_pba,
                 self.msix_entry_used, self.msix_vector_use_notifier is not None,

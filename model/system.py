@@ -236,7 +236,7 @@ class Work:
         free = old._free  # shared while unchanged: a tuple per state would cost 56 bytes
         if free[0] != self.world.free_fd or free[1] != self.world.free_object:
             free = (self.world.free_fd, self.world.free_object)
-        object.__setattr__(state, "_free", free)
+        state._free = free
         if self.collect and (self.world.closed_any or self.server is not self.state.server):
             state = collect_garbage(state)
         return state, self.obs
@@ -302,8 +302,9 @@ def collect_garbage(state: SystemState) -> SystemState:
         fds.pop()
     while objects and objects[-1] is None:
         objects.pop()
-    collected = replace(state, fds=tuple(fds), objects=tuple(objects))
-    object.__setattr__(collected, "_free", (free_fd, free_object))
+    collected = SystemState(state.server, state.endpoints, state.channels, tuple(fds),
+                            tuple(objects), state.config, state.variant)
+    collected._free = (free_fd, free_object)
     return collected
 
 
