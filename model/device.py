@@ -97,15 +97,16 @@ class Tracked(dict[int, Any]):
         super().__setitem__(key, value)
 
 
-def _untouched(current: dict[int, Any]) -> bool:
-    """Whether a thawed sparse array is still the one thawed, never written."""
-    return isinstance(current, Tracked) and not current.dirty
+def _untouched(current: dict[int, Any] | None) -> bool:
+    """Whether a sparse array is still the one thawed, never written (``None``: never
+    thawed)."""
+    return current is None or (isinstance(current, Tracked) and not current.dirty)
 
 
 def _freeze_sparse(
-    current: dict[int, Any], original: tuple[tuple[int, Any], ...], default: Any
+    current: dict[int, Any] | None, original: tuple[tuple[int, Any], ...], default: Any
 ) -> tuple[tuple[int, Any], ...]:
-    if _untouched(current):
+    if current is None or _untouched(current):
         return original
     return tuple(sorted(p for p in current.items() if p[1] != default))
 
@@ -114,11 +115,11 @@ class IVShmemState(PCIDevice):
     """Mutable mirror of ``IVShmemState`` (seed 83-122)."""
 
     __slots__ = (
-        "_frozen", "backend", "bar2", "bar2_64bit", "bar2_fd", "bar2_size", "chardev",
-        "chardev_null", "endpoint", "features", "hostmem", "hostmem_data", "interrupt_pin",
-        "intrmask", "intrstatus", "ioeventfds", "irq_level", "legacy_size", "master", "memdev",
-        "migration_blocker", "msg_buf", "msg_buffered_bytes", "msi_vectors",
-        "msi_vectors_block", "nb_peers", "peers", "peers_block", "ram_unregistered", "realizing",
+        "_frozen", "_msi_vectors", "_peers", "backend", "bar2", "bar2_64bit", "bar2_fd",
+        "bar2_size", "chardev", "chardev_null", "endpoint", "features", "hostmem",
+        "hostmem_data", "interrupt_pin", "intrmask", "intrstatus", "ioeventfds", "irq_level",
+        "legacy_size", "master", "memdev", "migration_blocker", "msg_buf", "msg_buffered_bytes",
+        "msi_vectors_block", "nb_peers", "peers_block", "ram_unregistered", "realizing",
         "setup_stage", "type", "vectors", "vm_id",
     )
 
@@ -140,9 +141,11 @@ class IVShmemState(PCIDevice):
         self.legacy_size = d.legacy_size
         self.peers_block = d.peers_block
         self.nb_peers = d.nb_peers
-        self.peers: dict[int, Peer] = Tracked(d.peers)
+        # the sparse arrays are thawed on first use (``peers``, ``msi_vectors``): most steps
+        # read one or neither
+        self._peers: dict[int, Peer] | None = None
         self.msi_vectors_block = d.msi_vectors_block
-        self.msi_vectors: dict[int, MSIVector] = Tracked(d.msi_vectors)
+        self._msi_vectors: dict[int, MSIVector] | None = None
         self.bar2 = d.bar2
         self.bar2_fd = d.bar2_fd
         self.bar2_size = d.bar2_size
@@ -171,7 +174,7 @@ class IVShmemState(PCIDevice):
         ioeventfds = tuple(sorted(self.ioeventfds))
         msix = self.freeze_msix(d.msix)
         same = msix is d.msix and ioeventfds == d.ioeventfds and self._scalars_equal(d)
-        if same and _untouched(self.peers) and _untouched(self.msi_vectors):
+        if same and _untouched(self._peers) and _untouched(self._msi_vectors):
             return d  # compared field by field: no record built for a step that changed nothing
         device = Device(
             type=self.type,
@@ -188,9 +191,9 @@ class IVShmemState(PCIDevice):
             legacy_size=self.legacy_size,
             peers_block=self.peers_block,
             nb_peers=self.nb_peers,
-            peers=_freeze_sparse(self.peers, d.peers, self.default_peer()),
+            peers=_freeze_sparse(self._peers, d.peers, self.default_peer()),
             msi_vectors_block=self.msi_vectors_block,
-            msi_vectors=_freeze_sparse(self.msi_vectors, d.msi_vectors, DEFAULT_MSI_VECTOR),
+            msi_vectors=_freeze_sparse(self._msi_vectors, d.msi_vectors, DEFAULT_MSI_VECTOR),
             bar2=self.bar2,
             bar2_fd=self.bar2_fd,
             bar2_size=self.bar2_size,
@@ -208,6 +211,28 @@ class IVShmemState(PCIDevice):
         if same and device.peers == d.peers and device.msi_vectors == d.msi_vectors:
             return d  # the arrays were written back as they were
         return device
+
+    @property
+    def peers(self) -> dict[int, Peer]:
+        """``s->peers`` as a sparse array (``Device.peers`` thawed)."""
+        if self._peers is None:
+            self._peers = Tracked(self._frozen.peers)
+        return self._peers
+
+    @peers.setter
+    def peers(self, value: dict[int, Peer]) -> None:
+        self._peers = value
+
+    @property
+    def msi_vectors(self) -> dict[int, MSIVector]:
+        """``s->msi_vectors`` as a sparse array (``Device.msi_vectors`` thawed)."""
+        if self._msi_vectors is None:
+            self._msi_vectors = Tracked(self._frozen.msi_vectors)
+        return self._msi_vectors
+
+    @msi_vectors.setter
+    def msi_vectors(self, value: dict[int, MSIVector]) -> None:
+        self._msi_vectors = value
 
     def _scalars_equal(self, d: Device) -> bool:
         """Whether every compared field of ``d`` but the arrays, MSI-X and the ioeventfds

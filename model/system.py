@@ -1077,59 +1077,74 @@ OFF_MENU: frozenset[type[Action]] = frozenset(
     {ShmRead, ShmWrite, ConfigRead, ConfigWrite, FdCount, EventfdPoll, Abandon, Garbage})
 
 
+# Candidate actions by constructor and arguments: every state offers mostly the same few, and an
+# action (a frozen dataclass of model/actions.py, interpreted) costs more to build than to look
+# up.  Bounded by the vocabularies of the configurations a process explores.
+_INTERNED: dict[tuple[Any, ...], Action] = {}
+
+
+def _interned(*key: Any) -> Action:
+    """``key[0](*key[1:])``, built once."""
+    action = _INTERNED.get(key)
+    if action is None:
+        action = _INTERNED[key] = key[0](*key[1:])
+    return action
+
+
 def candidates(state: SystemState) -> Iterator[Action]:
     """The vocabulary instantiated with the configuration's menus, in a fixed order."""
     config = state.config
     if state.server.up:
-        yield ServerExit()
+        yield _interned(ServerExit)
     hostile = config.hostile_clients and config.server.policy == "contrib"
     for e, ep in enumerate(state.endpoints):
-        yield Connect(e)
-        yield Disconnect(e)
+        yield _interned(Connect, e)
+        yield _interned(Disconnect, e)
         if hostile:
-            yield Abandon(e)
+            yield _interned(Abandon, e)
             if ep.role == "client":
-                yield Garbage(e)
+                yield _interned(Garbage, e)
         if config.server.policy == "scripted":
             for value, fd in config.server.messages:
-                yield ServerSend(e, value, fd)
+                yield _interned(ServerSend, e, value, fd)
         if state.channels[e]:
-            yield Deliver(e)
+            yield _interned(Deliver, e)
         if ep.role == "client":
             client = ep.client
             if client is not None:
                 for vector in range(len(client.local)):
-                    yield HandleIrq(e, vector)
+                    yield _interned(HandleIrq, e, vector)
                 for peer in (*client.peers, None):
                     pid, count = (client.id, len(client.local)) if peer is None else (
                         peer.id, len(peer.vectors))
                     for vector in range(count):
-                        yield ClientNotify(e, pid, vector)
+                        yield _interned(ClientNotify, e, pid, vector)
             continue
         device = ep.device
         if device is None:
             for name, props in config.realize_menu():
+                # built each time: interned, props (("msi", 1),) would stand for (("msi", True),)
                 yield Realize(e, name, props, config.hotplug)
             continue
-        yield MmioRead(e, int(dev.Reg.IVPOSITION), 4)
+        yield _interned(MmioRead, e, int(dev.Reg.IVPOSITION), 4)
         if device.interrupt_pin:  # the legacy device: INTRMASK/INTRSTATUS may drive INTx
-            yield MmioRead(e, int(dev.Reg.INTRSTATUS), 4)
-            yield MmioWrite(e, int(dev.Reg.INTRMASK), 0xFFFFFFFF, 4)
-            yield MmioWrite(e, int(dev.Reg.INTRSTATUS), 1, 4)
+            yield _interned(MmioRead, e, int(dev.Reg.INTRSTATUS), 4)
+            yield _interned(MmioWrite, e, int(dev.Reg.INTRMASK), 0xFFFFFFFF, 4)
+            yield _interned(MmioWrite, e, int(dev.Reg.INTRSTATUS), 1, 4)
         for dest in range(config.endpoints):
             for vector in range(min(device.vectors, 2) + 1 if device.vectors else 1):
-                yield Ring(e, dest, vector)
+                yield _interned(Ring, e, dest, vector)
         if device.msix.present:
-            yield MsixEnable(e, not device.msix.enable)
-            yield MsixFunctionMask(e, not device.msix.maskall)
+            yield _interned(MsixEnable, e, not device.msix.enable)
+            yield _interned(MsixFunctionMask, e, not device.msix.maskall)
             for vector in range(min(device.msix.entries_nr, 4)):
-                yield MsixMask(e, vector, not device.msix.masked >> vector & 1)
-            yield PbaRead(e, 0)
+                yield _interned(MsixMask, e, vector, not device.msix.masked >> vector & 1)
+            yield _interned(PbaRead, e, 0)
         for vector in range(min(device.vectors, 4)):
-            yield HandleIrq(e, vector)
-        yield Reset(e)
-        yield Unplug(e)
-        yield Migrate(e)
+            yield _interned(HandleIrq, e, vector)
+        yield _interned(Reset, e)
+        yield _interned(Unplug, e)
+        yield _interned(Migrate, e)
 
 
 def enabled(state: SystemState) -> list[Action]:
