@@ -20,8 +20,8 @@ another BAR's address is not modelled (``properties/conform.py``, ``ABSTRACTIONS
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
+from typing import Final
 
 from ivshmem_model.model.state import (
     BAR0_ADDR,
@@ -77,12 +77,15 @@ REGISTERS: dict[str, Register] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
 class Region:
-    """A registered BAR: its size and the type bits of its register."""
+    """A registered BAR: its size and the type bits of its register.  A plain class, whose
+    ``__init__`` the mypyc build compiles (``regions`` builds three per call)."""
 
-    size: int
-    type: int
+    __slots__ = ("size", "type")
+
+    def __init__(self, size: int, type: int) -> None:
+        self.size: Final = size
+        self.type: Final = type
 
     @property
     def is_64bit(self) -> bool:
@@ -187,12 +190,22 @@ def bar_address(d: Device, index: int) -> int | None:
     return new_addr
 
 
-@functools.lru_cache(maxsize=256)
+# at_home's verdicts, by the fields of the device that ``regions`` and ``bar_address`` read.
+_AT_HOME: dict[tuple[object, ...], bool] = {}
+
+
 def at_home(d: Device, index: int) -> bool:
     """Whether the guest's accesses to BAR ``index`` reach it (mapped where the driver put it).
-    Cached: every guest access asks it, and consecutive states share their device records
-    (hashed once, compared by identity)."""
-    return bar_address(d, index) == HOME[index]
+    Every guest access asks it: the verdict is kept by what decides it (the configuration
+    registers, the BARs' sizes and types), which a few values cover for a whole search."""
+    key = (d.pci, d.msix.present, d.msix.entries_nr, d.bar2 != "", d.bar2_size, d.bar2_64bit,
+           index)
+    home = _AT_HOME.get(key)
+    if home is None:
+        if len(_AT_HOME) >= 4096:  # a fuzzed guest may write many BAR values
+            _AT_HOME.clear()
+        home = _AT_HOME[key] = bar_address(d, index) == HOME[index]
+    return home
 
 
 def bus_master(d: Device) -> bool:

@@ -80,6 +80,27 @@ def _cache_slot() -> Any:
     return field(default=0, init=False, repr=False, compare=False)
 
 
+class CachedRecord(Record):
+    """A record whose hash is computed once and kept in ``_hash`` (0: not yet): states are
+    hashed by the explorer's seen set again and again, and an unchanged record is shared by
+    consecutive states.  ``_hash`` is not a dataclass field (mypy would have every field
+    after it take a default), so it is pickled here."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self) -> None:
+        self._hash = 0
+
+    def __hash__(self) -> int:
+        if not self._hash:
+            self._hash = hash(self._compared()) or 1
+        return self._hash
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild, (cls, values, caches) = Record.__reduce__(self)
+        return rebuild, (cls, values, (*caches, ("_hash", self._hash)))
+
+
 # Heap-block lifetimes.
 NULL = "null"
 LIVE = "live"
@@ -150,7 +171,7 @@ class Fault(Record):
 
 
 @dataclass(slots=True, init=False, eq=False)
-class FileObject(Record):
+class FileObject(CachedRecord):
     """A kernel object: an eventfd (``count`` = its counter, saturated at 1) or shared memory
     (``size`` bytes; ``data`` its non-zero bytes as sorted ``(offset, byte)`` pairs)."""
 
@@ -165,13 +186,14 @@ class FileObject(Record):
         self.count = count
         self.size = size
         self.data = data
+        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.kind, self.count, self.size, self.data)
 
 
 @dataclass(slots=True, init=False, eq=False)
-class Fd(Record):
+class Fd(CachedRecord):
     """One descriptor: ``owner`` is an endpoint (its process) or ``IN_FLIGHT``."""
 
     obj: Final[int]
@@ -188,6 +210,7 @@ class Fd(Record):
         self.owner = owner
         self.open = open
         self.number = number
+        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.obj, self.owner, self.open, self.number)
@@ -310,7 +333,7 @@ DEFAULT_PCI = PciConfig()
 
 
 @dataclass(slots=True, init=False, eq=False)
-class Device(Record):
+class Device(CachedRecord):
     """``IVShmemState`` (seed 83-122), the part the model needs."""
 
     type: Final[str]
@@ -347,7 +370,6 @@ class Device(Record):
     # ivshmem_check_version), then "messages" (ivshmem_read); "" once synchronous (the seed).
     setup_stage: Final[str]
     memdev: Final[str]  # the id of the memory backend it maps (``memdev``), "" for none
-    _hash: int = _cache_slot()
 
     def __init__(
         self, type: str, features: int, vectors: int, vm_id: int = 0, master: str = "off",
@@ -391,7 +413,7 @@ class Device(Record):
         self.hostmem_data = hostmem_data
         self.setup_stage = setup_stage
         self.memdev = memdev
-        self._hash = 0
+        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.type, self.features, self.vectors, self.vm_id, self.master, self.intrmask,
@@ -402,12 +424,6 @@ class Device(Record):
                 self.ioeventfds, self.msix, self.pci, self.bar2_64bit, self.hostmem_data,
                 self.setup_stage, self.memdev)
 
-    def __hash__(self) -> int:
-        """Computed once (0: not yet): an unchanged device is shared by consecutive states,
-        which the seen set hashes again and again."""
-        if not self._hash:
-            self._hash = hash(self._compared()) or 1
-        return self._hash
 
 
 @dataclass(slots=True, init=False, eq=False)
@@ -477,7 +493,7 @@ class MemBackend(Record):
 
 
 @dataclass(slots=True, init=False, eq=False)
-class Endpoint(Record):
+class Endpoint(CachedRecord):
     """One process: a QEMU (``role`` "qemu", maybe with a device) or a plain client."""
 
     connected: Final[bool]
@@ -505,7 +521,6 @@ class Endpoint(Record):
     # the POSIX numbers of the memory backends' own descriptors (memdevs that hold one: a
     # memfd or a file), which stay open for the life of the process
     memdev_fds: Final[tuple[int, ...]]
-    _hash: int = _cache_slot()
 
     def __init__(
         self, connected: bool = False, role: str = "", fate: Fate | None = None,
@@ -533,7 +548,7 @@ class Endpoint(Record):
         self.chr_fd = chr_fd
         self.backends = backends
         self.memdev_fds = memdev_fds
-        self._hash = 0
+        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.connected, self.role, self.fate, self.device, self.unplugged, self.client,
@@ -541,11 +556,6 @@ class Endpoint(Record):
                 self.memdevs, self.stale_blockers, self.chr_read, self.chr_fd, self.backends,
                 self.memdev_fds)
 
-    def __hash__(self) -> int:
-        """Computed once (0: not yet), as ``Device``'s."""
-        if not self._hash:
-            self._hash = hash(self._compared()) or 1
-        return self._hash
 
 
 @dataclass(slots=True, init=False, eq=False)
@@ -566,7 +576,7 @@ class ServerPeer(Record):
 
 
 @dataclass(slots=True, init=False, eq=False)
-class Server(Record):
+class Server(CachedRecord):
     up: Final[bool]
     cur_id: Final[int]
     shm_obj: Final[int]
@@ -574,7 +584,6 @@ class Server(Record):
     # Why the server shut itself down (the contrib server's debug text, S:165-186 through
     # S:414-419 and M:172-175); "" while it runs and after a ``server_exit``.
     failure: Final[str]
-    _hash: int = _cache_slot()
 
     def __init__(self, up: bool = True, cur_id: int = 0, shm_obj: int = -1,
                  peers: tuple[ServerPeer, ...] = (), failure: str = "") -> None:
@@ -583,23 +592,18 @@ class Server(Record):
         self.shm_obj = shm_obj
         self.peers = peers
         self.failure = failure
-        self._hash = 0
+        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.up, self.cur_id, self.shm_obj, self.peers, self.failure)
 
-    def __hash__(self) -> int:
-        """Computed once (0: not yet), as ``Device``'s."""
-        if not self._hash:
-            self._hash = hash(self._compared()) or 1
-        return self._hash
 
 
 Message = tuple[int, int]  # (value, descriptor or -1)
 
 
 @dataclass(slots=True, init=False, eq=False)
-class SystemState(Record):
+class SystemState(CachedRecord):
     server: Final[Server]
     endpoints: Final[tuple[Endpoint, ...]]
     channels: Final[tuple[tuple[Message, ...], ...]]
@@ -609,7 +613,6 @@ class SystemState(Record):
     # sets ``compare`` cannot be, for mypy; nothing assigns them but ``__init__``).
     config: Config = field(compare=False, repr=False)
     variant: Variant = field(compare=False, repr=False)
-    _hash: int = _cache_slot()
     # Free-slot hints of ``fds`` and ``objects`` (model.proc.World): every slot below is taken.
     _free: tuple[int, int] = field(default=(0, 0), init=False, repr=False, compare=False)
 
@@ -624,17 +627,12 @@ class SystemState(Record):
         self.objects = objects
         self.config = config
         self.variant = variant
-        self._hash = 0
+        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
         self._free = (0, 0)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.server, self.endpoints, self.channels, self.fds, self.objects)
 
-    def __hash__(self) -> int:
-        """Computed once (0: not yet), as ``Device``'s."""
-        if not self._hash:
-            self._hash = hash(self._compared()) or 1
-        return self._hash
 
 
 def sparse_get(pairs: tuple[tuple[int, Any], ...], index: int, default: Any) -> Any:
