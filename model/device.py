@@ -46,6 +46,7 @@ from ivshmem_model.model.state import (
     MemBackend,
     MSIVector,
     Peer,
+    sparse_get,
 )
 from ivshmem_model.model.variants import Variant
 
@@ -83,32 +84,15 @@ class Errp:
         return self.msg is not None
 
 
-class Tracked(dict[int, Any]):
-    """A dict that remembers being written, so an unchanged array freezes to the same tuple."""
-
-    __slots__ = ("dirty",)
-
-    def __init__(self, pairs: tuple[tuple[int, Any], ...]) -> None:
-        super().__init__(pairs)
-        self.dirty = False
-
-    def __setitem__(self, key: int, value: Any) -> None:
-        self.dirty = True
-        super().__setitem__(key, value)
-
-
-def _untouched(current: dict[int, Any] | None) -> bool:
-    """Whether a sparse array is still the one thawed, never written (``None``: never
-    thawed)."""
-    return current is None or (isinstance(current, Tracked) and not current.dirty)
-
-
 def _freeze_sparse(
     current: dict[int, Any] | None, original: tuple[tuple[int, Any], ...], default: Any
 ) -> tuple[tuple[int, Any], ...]:
-    if current is None or _untouched(current):
+    """A sparse array as a sorted tuple, default values left out; the very ``original`` when
+    it was never thawed or is written back as it was."""
+    if current is None:
         return original
-    return tuple(sorted(p for p in current.items() if p[1] != default))
+    frozen = tuple(sorted(p for p in current.items() if p[1] != default))
+    return original if frozen == original else frozen
 
 
 class IVShmemState(PCIDevice):
@@ -141,8 +125,8 @@ class IVShmemState(PCIDevice):
         self.legacy_size = d.legacy_size
         self.peers_block = d.peers_block
         self.nb_peers = d.nb_peers
-        # the sparse arrays are thawed on first use (``peers``, ``msi_vectors``): most steps
-        # read one or neither
+        # the sparse arrays are thawed when first written through ``peers``/``msi_vectors``
+        # (``stored_peer``/``stored_msi_vector`` read without): most steps write neither
         self._peers: dict[int, Peer] | None = None
         self.msi_vectors_block = d.msi_vectors_block
         self._msi_vectors: dict[int, MSIVector] | None = None
@@ -174,7 +158,7 @@ class IVShmemState(PCIDevice):
         ioeventfds = tuple(sorted(self.ioeventfds))
         msix = self.freeze_msix(d.msix)
         same = msix is d.msix and ioeventfds == d.ioeventfds and self._scalars_equal(d)
-        if same and _untouched(self._peers) and _untouched(self._msi_vectors):
+        if same and self._peers is None and self._msi_vectors is None:
             return d  # compared field by field: no record built for a step that changed nothing
         device = Device(
             type=self.type,
@@ -214,9 +198,9 @@ class IVShmemState(PCIDevice):
 
     @property
     def peers(self) -> dict[int, Peer]:
-        """``s->peers`` as a sparse array (``Device.peers`` thawed)."""
+        """``s->peers`` as a sparse array to write (``Device.peers`` thawed)."""
         if self._peers is None:
-            self._peers = Tracked(self._frozen.peers)
+            self._peers = dict(self._frozen.peers)
         return self._peers
 
     @peers.setter
@@ -225,14 +209,29 @@ class IVShmemState(PCIDevice):
 
     @property
     def msi_vectors(self) -> dict[int, MSIVector]:
-        """``s->msi_vectors`` as a sparse array (``Device.msi_vectors`` thawed)."""
+        """``s->msi_vectors`` as a sparse array to write (``Device.msi_vectors`` thawed)."""
         if self._msi_vectors is None:
-            self._msi_vectors = Tracked(self._frozen.msi_vectors)
+            self._msi_vectors = dict(self._frozen.msi_vectors)
         return self._msi_vectors
 
     @msi_vectors.setter
     def msi_vectors(self, value: dict[int, MSIVector]) -> None:
         self._msi_vectors = value
+
+    def stored_peer(self, posn: int) -> Peer | None:
+        """``peers[posn]`` if stored (not a default), read without thawing the array: a
+        doorbell reads one slot and writes none."""
+        if self._peers is None:
+            stored: Peer | None = sparse_get(self._frozen.peers, posn, None)
+            return stored
+        return self._peers.get(posn)
+
+    def stored_msi_vector(self, vector: int) -> MSIVector | None:
+        """``msi_vectors[vector]`` if stored, read as ``stored_peer`` reads."""
+        if self._msi_vectors is None:
+            stored: MSIVector | None = sparse_get(self._frozen.msi_vectors, vector, None)
+            return stored
+        return self._msi_vectors.get(vector)
 
     def _scalars_equal(self, d: Device) -> bool:
         """Whether every compared field of ``d`` but the arrays, MSI-X and the ioeventfds
@@ -283,7 +282,7 @@ def peer_at(s: IVShmemState, posn: int, line: int) -> Peer:
         raise Crash("use_after_free", "s->peers was freed", line)
     if not 0 <= posn < s.nb_peers:
         raise Crash("out_of_bounds", f"s->peers[{posn}] of {s.nb_peers}", line)
-    return s.peers.get(posn) or s.default_peer()
+    return s.stored_peer(posn) or s.default_peer()
 
 
 def eventfd_slot(s: IVShmemState, posn: int, vector: int, line: int) -> int:
@@ -312,7 +311,7 @@ def msi_vector(s: IVShmemState, vector: int, line: int) -> MSIVector:
         raise Crash("use_after_free", "s->msi_vectors was freed", line)
     if not 0 <= vector < s.vectors:
         raise Crash("out_of_bounds", f"msi_vectors[{vector}] of {s.vectors}", line)
-    return s.msi_vectors.get(vector, DEFAULT_MSI_VECTOR)
+    return s.stored_msi_vector(vector) or DEFAULT_MSI_VECTOR
 
 
 def g_free_block(state: str, what: str, line: int) -> str:
