@@ -20,7 +20,7 @@ another BAR's address is not modelled (``properties/conform.py``, ``ABSTRACTIONS
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 from ivshmem_model.model.state import (
@@ -32,6 +32,7 @@ from ivshmem_model.model.state import (
     PCI_COMMAND_MEMORY,
     Device,
     PciConfig,
+    replace,
 )
 
 PCI_VENDOR_ID_IVSHMEM = 0x1AF4  # seed 39: PCI_VENDOR_ID_REDHAT_QUMRANET

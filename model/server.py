@@ -15,11 +15,11 @@ server's select loop over connections and closes that piled up while it was not 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ivshmem_model.model.proc import World
-from ivshmem_model.model.state import Client, ClientPeer, FileObject, Server, ServerPeer
+from ivshmem_model.model.state import Client, ClientPeer, FileObject, Server, ServerPeer, replace
 
 IVSHMEM_SERVER_MAX_HUGEPAGE_SIZE = 1024 * 1024 * 1024  # S:26
 IVSHMEM_CLIENT_MAX_VECTORS = 64  # client.h:30

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 from ivshmem_model.model import chardev, pci
@@ -86,6 +85,7 @@ from ivshmem_model.model.state import (
     MemBackend,
     Server,
     SystemState,
+    replace,
     sparse_get,
 )
 from ivshmem_model.model.variants import SEED, Variant

@@ -140,3 +140,16 @@ def test_freeze_keeps_every_scalar_field_written() -> None:
         setattr(s, name, different(getattr(device, name)))
         frozen = s.freeze()
         assert frozen != device and getattr(frozen, name) == getattr(s, name), name
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda c: c.__name__)
+def test_replace_is_dataclasses_replace(cls: type[st.Record]) -> None:
+    record = SAMPLES[cls]
+    assert st.replace(record) == record and st.replace(record) is not record
+    for f in fields(record):  # type: ignore[arg-type]
+        if f.init:
+            value = different(getattr(record, f.name))
+            ours, theirs = st.replace(record, **{f.name: value}), replace(record, **{f.name: value})  # type: ignore[type-var]
+            assert type(ours) is cls and ours == theirs and getattr(ours, f.name) == value
+    with pytest.raises(TypeError, match="no field"):
+        st.replace(record, no_such_field=1)
