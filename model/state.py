@@ -37,12 +37,17 @@ class Record:
     about 0.5k).  Fields are ``Final``: mypy rejects any assignment but the constructor's, and
     the compiled attributes cannot be set at all (the caches ``_hash``, ``_free`` and the
     uncompared ``config``/``variant`` are plain).  ``tests/test_state.py`` holds each
-    ``__init__`` and ``_compared`` to the dataclass's fields.
+    ``__init__`` and ``_compared`` to the dataclass's fields.  Every ``__init__`` calls this
+    one, which starts the hash cache (``_hash``: a slot, not a field, or mypy would have every
+    field after it take a default).
 
     Pickled as its class, its constructor's arguments and its caches (``_hash``, ``_free``:
     Ray's partitions use the hash a state carries)."""
 
-    __slots__ = ()
+    __slots__ = ("_hash",)
+
+    def __init__(self) -> None:
+        self._hash = 0  # not yet computed (``__hash__``)
 
     def _compared(self) -> tuple[Any, ...]:
         """The compared fields, in order: what ``==`` and ``hash`` read."""
@@ -54,7 +59,12 @@ class Record:
             and self._compared() == other._compared())
 
     def __hash__(self) -> int:
-        return hash(self._compared())
+        """Computed once and kept in ``_hash``: states are hashed by the explorer's seen set
+        again and again, and an unchanged record is shared by consecutive states (a new
+        device's hash reads every peer, vector and MSI-X record it holds)."""
+        if not self._hash:
+            self._hash = hash(self._compared()) or 1
+        return self._hash
 
     def __reduce__(self) -> tuple[Any, ...]:
         record: Any = self
@@ -65,6 +75,7 @@ class Record:
                 values.append(getattr(self, f.name))
             else:
                 caches.append((f.name, getattr(self, f.name)))
+        caches.append(("_hash", self._hash))
         return (_rebuilt, (type(self), tuple(values), tuple(caches)))
 
 
@@ -81,27 +92,6 @@ def _rebuilt(cls: Any, values: tuple[Any, ...], caches: tuple[tuple[str, Any], .
 def _cache_slot() -> Any:
     """A cache kept beside the fields: not constructed, compared or shown."""
     return field(default=0, init=False, repr=False, compare=False)
-
-
-class CachedRecord(Record):
-    """A record whose hash is computed once and kept in ``_hash`` (0: not yet): states are
-    hashed by the explorer's seen set again and again, and an unchanged record is shared by
-    consecutive states.  ``_hash`` is not a dataclass field (mypy would have every field
-    after it take a default), so it is pickled here."""
-
-    __slots__ = ("_hash",)
-
-    def __init__(self) -> None:
-        self._hash = 0
-
-    def __hash__(self) -> int:
-        if not self._hash:
-            self._hash = hash(self._compared()) or 1
-        return self._hash
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        rebuild, (cls, values, caches) = Record.__reduce__(self)
-        return rebuild, (cls, values, (*caches, ("_hash", self._hash)))
 
 
 # Heap-block lifetimes.
@@ -135,6 +125,7 @@ class Fate(Record):
     where: Final[str]  # that other place, e.g. "msix.c msix_fire_vector_notifier"
 
     def __init__(self, kind: str, reason: str, line: int = 0, where: str = "") -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.kind = kind
         self.reason = reason
         self.line = line
@@ -164,6 +155,7 @@ class Fault(Record):
     where: Final[str]
 
     def __init__(self, kind: str, detail: str, line: int, where: str = "") -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.kind = kind
         self.detail = detail
         self.line = line
@@ -174,7 +166,7 @@ class Fault(Record):
 
 
 @dataclass(slots=True, init=False, eq=False)
-class FileObject(CachedRecord):
+class FileObject(Record):
     """A kernel object: an eventfd (``count`` = its counter, saturated at 1) or shared memory
     (``size`` bytes; ``data`` its non-zero bytes as sorted ``(offset, byte)`` pairs)."""
 
@@ -185,18 +177,18 @@ class FileObject(CachedRecord):
 
     def __init__(self, kind: str, count: int = 0, size: int = 0,
                  data: tuple[tuple[int, int], ...] = ()) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.kind = kind
         self.count = count
         self.size = size
         self.data = data
-        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.kind, self.count, self.size, self.data)
 
 
 @dataclass(slots=True, init=False, eq=False)
-class Fd(CachedRecord):
+class Fd(Record):
     """One descriptor: ``owner`` is an endpoint (its process) or ``IN_FLIGHT``."""
 
     obj: Final[int]
@@ -209,11 +201,11 @@ class Fd(CachedRecord):
     number: Final[int]
 
     def __init__(self, obj: int, owner: int, open: bool = True, number: int = -1) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.obj = obj
         self.owner = owner
         self.open = open
         self.number = number
-        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.obj, self.owner, self.open, self.number)
@@ -230,6 +222,7 @@ class Peer(Record):
 
     def __init__(self, nb_eventfds: int = 0, eventfds: tuple[int, ...] = (),
                  block: str = LIVE) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.nb_eventfds = nb_eventfds
         self.eventfds = eventfds
         self.block = block
@@ -250,6 +243,7 @@ class MSIVector(Record):
     unmasked: Final[bool]
 
     def __init__(self, pdev: bool = False, virq: int = -1, unmasked: bool = False) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.pdev = pdev
         self.virq = virq
         self.unmasked = unmasked
@@ -281,6 +275,7 @@ class Msix(Record):
                  enable: bool = False, maskall: bool = False, function_masked: bool = True,
                  masked: int = 0, pending: int = 0, used: int = 0, notifiers: bool = False,
                  poll_notifier: bool = False) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.present = present
         self.entries_nr = entries_nr
         self.table = table
@@ -324,6 +319,7 @@ class PciConfig(Record):
     def __init__(self, command: int = PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER,
                  bars: tuple[int, int, int, int] = (BAR0_ADDR, BAR1_ADDR, BAR2_ADDR, 0),
                  interrupt_line: int = 0) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.command = command
         self.bars = bars
         self.interrupt_line = interrupt_line
@@ -336,7 +332,7 @@ DEFAULT_PCI = PciConfig()
 
 
 @dataclass(slots=True, init=False, eq=False)
-class Device(CachedRecord):
+class Device(Record):
     """``IVShmemState`` (seed 83-122), the part the model needs."""
 
     type: Final[str]
@@ -386,6 +382,7 @@ class Device(CachedRecord):
         pci: PciConfig = DEFAULT_PCI, bar2_64bit: bool = True,
         hostmem_data: tuple[tuple[int, int], ...] = (), setup_stage: str = "", memdev: str = "",
     ) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.type = type
         self.features = features
         self.vectors = vectors
@@ -416,7 +413,6 @@ class Device(CachedRecord):
         self.hostmem_data = hostmem_data
         self.setup_stage = setup_stage
         self.memdev = memdev
-        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.type, self.features, self.vectors, self.vm_id, self.master, self.intrmask,
@@ -437,6 +433,7 @@ class ClientPeer(Record):
     vectors: Final[tuple[int, ...]]
 
     def __init__(self, id: int, vectors: tuple[int, ...]) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.id = id
         self.vectors = vectors
 
@@ -456,6 +453,7 @@ class Client(Record):
 
     def __init__(self, stage: int = 0, id: int = -1, shm_fd: int = -1,
                  local: tuple[int, ...] = (), peers: tuple[ClientPeer, ...] = ()) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.stage = stage
         self.id = id
         self.shm_fd = shm_fd
@@ -485,6 +483,7 @@ class MemBackend(Record):
 
     def __init__(self, name: str, size: int, mapped: bool = False, idstr: bool = False,
                  data: tuple[tuple[int, int], ...] = ()) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.name = name
         self.size = size
         self.mapped = mapped
@@ -496,7 +495,7 @@ class MemBackend(Record):
 
 
 @dataclass(slots=True, init=False, eq=False)
-class Endpoint(CachedRecord):
+class Endpoint(Record):
     """One process: a QEMU (``role`` "qemu", maybe with a device) or a plain client."""
 
     connected: Final[bool]
@@ -534,6 +533,7 @@ class Endpoint(CachedRecord):
         chr_read: int = 0, chr_fd: int = -1, backends: tuple[MemBackend, ...] = (),
         memdev_fds: tuple[int, ...] = (),
     ) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.connected = connected
         self.role = role
         self.fate = fate
@@ -551,7 +551,6 @@ class Endpoint(CachedRecord):
         self.chr_fd = chr_fd
         self.backends = backends
         self.memdev_fds = memdev_fds
-        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.connected, self.role, self.fate, self.device, self.unplugged, self.client,
@@ -570,6 +569,7 @@ class ServerPeer(Record):
     eventfds: Final[tuple[int, ...]]
 
     def __init__(self, endpoint: int, id: int, eventfds: tuple[int, ...]) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.endpoint = endpoint
         self.id = id
         self.eventfds = eventfds
@@ -579,7 +579,7 @@ class ServerPeer(Record):
 
 
 @dataclass(slots=True, init=False, eq=False)
-class Server(CachedRecord):
+class Server(Record):
     up: Final[bool]
     cur_id: Final[int]
     shm_obj: Final[int]
@@ -590,12 +590,12 @@ class Server(CachedRecord):
 
     def __init__(self, up: bool = True, cur_id: int = 0, shm_obj: int = -1,
                  peers: tuple[ServerPeer, ...] = (), failure: str = "") -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.up = up
         self.cur_id = cur_id
         self.shm_obj = shm_obj
         self.peers = peers
         self.failure = failure
-        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
 
     def _compared(self) -> tuple[Any, ...]:
         return (self.up, self.cur_id, self.shm_obj, self.peers, self.failure)
@@ -606,7 +606,7 @@ Message = tuple[int, int]  # (value, descriptor or -1)
 
 
 @dataclass(slots=True, init=False, eq=False)
-class SystemState(CachedRecord):
+class SystemState(Record):
     server: Final[Server]
     endpoints: Final[tuple[Endpoint, ...]]
     channels: Final[tuple[tuple[Message, ...], ...]]
@@ -623,6 +623,7 @@ class SystemState(CachedRecord):
                  channels: tuple[tuple[Message, ...], ...], fds: tuple[Fd | None, ...],
                  objects: tuple[FileObject | None, ...], config: Config,
                  variant: Variant) -> None:
+        Record.__init__(self)  # (not super(): slots=True makes a new class)
         self.server = server
         self.endpoints = endpoints
         self.channels = channels
@@ -630,7 +631,6 @@ class SystemState(CachedRecord):
         self.objects = objects
         self.config = config
         self.variant = variant
-        CachedRecord.__init__(self)  # (not super(): slots=True makes a new class)
         self._free = (0, 0)
 
     def _compared(self) -> tuple[Any, ...]:
