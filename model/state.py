@@ -67,16 +67,24 @@ class Record:
         return self._hash
 
     def __reduce__(self) -> tuple[Any, ...]:
-        record: Any = self
-        values: list[Any] = []
-        caches: list[tuple[str, Any]] = []
-        for f in fields(record):  # one pass: Ray pickles every record of every state it moves
-            if f.init:
-                values.append(getattr(self, f.name))
-            else:
-                caches.append((f.name, getattr(self, f.name)))
-        caches.append(("_hash", self._hash))
-        return (_rebuilt, (type(self), tuple(values), tuple(caches)))
+        inits, others = _layout(type(self))  # Ray pickles every record of every state it moves
+        values = tuple(getattr(self, name) for name in inits)
+        caches = (*((name, getattr(self, name)) for name in others), ("_hash", self._hash))
+        return (_rebuilt, (type(self), values, caches))
+
+
+# Each record class's ``__init__`` fields and its other fields (caches), by name, in order.
+_LAYOUTS: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _layout(cls: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names of ``cls``'s ``__init__`` fields and of its other fields, read once per class
+    (``__reduce__``, ``replace``)."""
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        layout = _LAYOUTS[cls] = (tuple(f.name for f in fields(cls) if f.init),
+                                  tuple(f.name for f in fields(cls) if not f.init))
+    return layout
 
 
 RecordT = TypeVar("RecordT", bound=Record)
@@ -638,10 +646,6 @@ class SystemState(Record):
 
 
 
-# The names of each record class's ``__init__`` fields, in order (``replace``).
-_INIT_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
 def replace(record: RecordT, **changes: Any) -> RecordT:
     """``dataclasses.replace`` for the state records, about five times cheaper on the build
     (the model replaces a record every few steps): the names of a class's ``__init__`` fields
@@ -649,9 +653,7 @@ def replace(record: RecordT, **changes: Any) -> RecordT:
     ``changes`` against the fields, as it does for ``dataclasses.replace``; an unknown name
     is a ``TypeError`` here and a wrong type one in the build's ``__init__``."""
     cls: Any = type(record)
-    names = _INIT_FIELDS.get(cls)
-    if names is None:
-        names = _INIT_FIELDS[cls] = tuple(f.name for f in fields(cls) if f.init)
+    names = _layout(cls)[0]
     args = []
     used = 0
     for name in names:
