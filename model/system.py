@@ -302,8 +302,7 @@ def collect_garbage(state: SystemState) -> SystemState:
         fds.pop()
     while objects and objects[-1] is None:
         objects.pop()
-    collected = SystemState(state.server, state.endpoints, state.channels, tuple(fds),
-                            tuple(objects), state.config, state.variant)
+    collected = replace(state, fds=tuple(fds), objects=tuple(objects))
     collected._free = (free_fd, free_object)
     return collected
 
