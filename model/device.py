@@ -95,6 +95,13 @@ def _freeze_sparse(
     return original if frozen == original else frozen
 
 
+def _stored(thawed: dict[int, Any] | None, frozen: tuple[tuple[int, Any], ...],
+            index: int) -> Any:
+    """Slot ``index`` of a sparse array, ``None`` if not stored: from the thawed dict once
+    there is one, else from the frozen tuple (which reading does not thaw)."""
+    return sparse_get(frozen, index, None) if thawed is None else thawed.get(index)
+
+
 class IVShmemState(PCIDevice):
     """Mutable mirror of ``IVShmemState`` (seed 83-122)."""
 
@@ -221,17 +228,13 @@ class IVShmemState(PCIDevice):
     def stored_peer(self, posn: int) -> Peer | None:
         """``peers[posn]`` if stored (not a default), read without thawing the array: a
         doorbell reads one slot and writes none."""
-        if self._peers is None:
-            stored: Peer | None = sparse_get(self._frozen.peers, posn, None)
-            return stored
-        return self._peers.get(posn)
+        stored: Peer | None = _stored(self._peers, self._frozen.peers, posn)
+        return stored
 
     def stored_msi_vector(self, vector: int) -> MSIVector | None:
         """``msi_vectors[vector]`` if stored, read as ``stored_peer`` reads."""
-        if self._msi_vectors is None:
-            stored: MSIVector | None = sparse_get(self._frozen.msi_vectors, vector, None)
-            return stored
-        return self._msi_vectors.get(vector)
+        stored: MSIVector | None = _stored(self._msi_vectors, self._frozen.msi_vectors, vector)
+        return stored
 
     def _scalars_equal(self, d: Device) -> bool:
         """Whether every compared field of ``d`` but the arrays, MSI-X and the ioeventfds
