@@ -302,7 +302,8 @@ def collect_garbage(state: SystemState) -> SystemState:
         fds.pop()
     while objects and objects[-1] is None:
         objects.pop()
-    collected = replace(state, fds=tuple(fds), objects=tuple(objects))
+    collected = SystemState(state.server, state.endpoints, state.channels, tuple(fds),
+                            tuple(objects), state.config, state.variant)
     collected._free = (free_fd, free_object)
     return collected
 
